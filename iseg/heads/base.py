@@ -1,0 +1,95 @@
+"""The head contract shared by every segmentation head.
+
+A head is a Keras layer called on the backbone's endpoint dict
+(`{"stem", "c2", "c3", "c4", "c5"}`) that returns a dict:
+
+- `"logits"`: `[N, h, w, num_classes]` at the head's own resolution (the model upsamples);
+- `"feature"`: the tensor a training-only regularizer reads. With `use_car=True` this is the
+  CAR block's linear projection `z`, and the CAR block's end conv replaces the head's own
+  second-to-last conv ("end conv"); without CAR it is the input of the end conv.
+
+Subclasses build their body in `__init__`, pass their own end conv to `_init_end`, and
+finish `call` with `return self._classify(x, training)`.
+"""
+
+import keras
+
+from iseg.layers.car import CARBlock
+
+
+class Head(keras.layers.Layer):
+    #: CAR settings per head (METHODS.md 2(b) table); subclasses override.
+    car_filters = 512
+    car_pooling_rates = (1,)
+
+    def __init__(
+        self,
+        num_classes,
+        dropout=0.1,
+        bn_momentum=0.9,
+        bn_epsilon=1e-5,
+        use_car=False,
+        car_filters=None,
+        car_pooling_rates=None,
+        car_apply_end_conv=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.dropout_rate = dropout
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.use_car = use_car
+        if car_filters is not None:
+            self.car_filters = car_filters
+        if car_pooling_rates is not None:
+            self.car_pooling_rates = tuple(car_pooling_rates)
+        self.car_apply_end_conv = car_apply_end_conv
+        self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
+        self.classifier = keras.layers.Conv2D(
+            num_classes, 1, use_bias=True, dtype=self.dtype_policy, name="classifier"
+        )
+
+    @property
+    def norm_kwargs(self):
+        """BN settings to forward to every ConvBNAct of the head."""
+        return dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
+
+    def _init_end(self, end_conv):
+        """Register the head's own end conv; CAR's block replaces it when `use_car`."""
+        if self.use_car:
+            self.car = CARBlock(
+                self.car_filters,
+                apply_end_conv=self.car_apply_end_conv,
+                dtype=self.dtype_policy,
+                name="car",
+                **self.norm_kwargs,
+            )
+            self.end_conv = None
+        else:
+            self.car = None
+            self.end_conv = end_conv
+
+    def _classify(self, x, training=None):
+        if self.car is not None:
+            x, feature = self.car(x, training=training)
+        else:
+            feature = x
+            if self.end_conv is not None:
+                x = self.end_conv(x, training=training)
+        x = self.dropout(x, training=training)
+        return {"logits": self.classifier(x), "feature": feature}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            dropout=self.dropout_rate,
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
+            use_car=self.use_car,
+            car_filters=self.car_filters,
+            car_pooling_rates=list(self.car_pooling_rates),
+            car_apply_end_conv=self.car_apply_end_conv,
+        )
+        return config

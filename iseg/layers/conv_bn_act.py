@@ -1,0 +1,143 @@
+"""Conv -> BatchNorm -> activation, and the image-level (global pooling) branch."""
+
+import keras
+from keras import ops
+
+from iseg.ops import spatial_shape
+
+
+@keras.saving.register_keras_serializable(package="iseg")
+class ConvBNAct(keras.layers.Layer):
+    """`Conv2D` (no bias by default) -> `BatchNormalization` -> activation.
+
+    With `depthwise=True` the conv is a `DepthwiseConv2D` (filters ignored, channels kept).
+    `activation=None` gives Conv+BN; `use_bn=False` gives Conv+activation (then a bias is
+    usually wanted: pass `use_bias=True`).
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size=1,
+        strides=1,
+        dilation_rate=1,
+        activation="relu",
+        use_bias=False,
+        use_bn=True,
+        depthwise=False,
+        bn_momentum=0.9,
+        bn_epsilon=1e-5,
+        kernel_initializer="he_normal",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.dilation_rate = dilation_rate
+        self.activation = activation
+        self.use_bias = use_bias
+        self.use_bn = use_bn
+        self.depthwise = depthwise
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.kernel_initializer = kernel_initializer
+        common = dict(
+            kernel_size=kernel_size,
+            strides=strides,
+            dilation_rate=dilation_rate,
+            padding="same",
+            use_bias=use_bias,
+            dtype=self.dtype_policy,
+            name="conv",
+        )
+        if depthwise:
+            self.conv = keras.layers.DepthwiseConv2D(
+                depthwise_initializer=kernel_initializer, **common
+            )
+        else:
+            self.conv = keras.layers.Conv2D(
+                filters, kernel_initializer=kernel_initializer, **common
+            )
+        self.bn = (
+            keras.layers.BatchNormalization(
+                momentum=bn_momentum, epsilon=bn_epsilon, dtype=self.dtype_policy, name="bn"
+            )
+            if use_bn
+            else None
+        )
+        self.act = keras.activations.get(activation) if activation else None
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        out_shape = self.conv.compute_output_shape(input_shape)
+        if self.bn is not None:
+            self.bn.build(out_shape)
+        self.built = True
+
+    def call(self, x, training=None):
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x, training=training)
+        if self.act is not None:
+            x = self.act(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            dilation_rate=self.dilation_rate,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            use_bn=self.use_bn,
+            depthwise=self.depthwise,
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
+            kernel_initializer=self.kernel_initializer,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="iseg")
+class ImageLevel(keras.layers.Layer):
+    """Global average pool -> ConvBNAct(filters, 1x1) -> broadcast back to H x W."""
+
+    def __init__(self, filters, bn_momentum=0.9, bn_epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.conv = ConvBNAct(
+            filters,
+            1,
+            bn_momentum=bn_momentum,
+            bn_epsilon=bn_epsilon,
+            dtype=self.dtype_policy,
+            name="conv",
+        )
+
+    def build(self, input_shape):
+        self.conv.build((input_shape[0], 1, 1, input_shape[-1]))
+        self.built = True
+
+    def call(self, x, training=None):
+        h, w = spatial_shape(x)
+        pooled = ops.mean(x, axis=(1, 2), keepdims=True)
+        y = self.conv(pooled, training=training)
+        return y * ops.ones((1, h, w, 1), dtype=y.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon
+        )
+        return config

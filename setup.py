@@ -1,0 +1,32 @@
+"""iseg: a Keras 3 / TensorFlow model zoo for semantic segmentation."""
+from setuptools import find_packages, setup
+
+setup(
+    name="iseg",
+    version="0.1.0",
+    description="Keras 3 semantic segmentation zoo: CAR, CAA, KSAC and their baselines",
+    python_requires=">=3.10",
+    packages=find_packages(include=["iseg", "iseg.*"]),
+    py_modules=["train"],
+    install_requires=[
+        "tensorflow==2.21.0",
+        "keras==3.15.1",
+        "numpy>=1.26,<3",
+        "absl-py>=2.1",
+        "pillow>=10.0",
+        "tqdm>=4.66",
+        "h5py>=3.10",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "jax[cpu]>=0.4.30"],
+    },
+    entry_points={
+        "console_scripts": [
+            "iseg-train=iseg.cli.train:run",
+            "iseg-evaluate=iseg.cli.evaluate:run",
+            "iseg-export=iseg.cli.export:run",
+            "iseg-predict=iseg.cli.predict:run",
+            "iseg-convert=iseg.cli.convert:run",
+        ]
+    },
+)
