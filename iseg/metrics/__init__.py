@@ -1,1 +1,8 @@
-"""iseg.metrics."""
+"""Streaming confusion matrix and the segmentation scores derived from it."""
+
+from iseg.metrics.confusion import (
+    ConfusionMatrix,
+    batch_confusion_matrix,
+    format_results_table,
+    scores_from_confusion,
+)
