@@ -1,0 +1,29 @@
+"""The one place that knows about replicas: a cross-replica SUM for per-replica statistics.
+
+CAR's class centres are sums over the *global* batch (METHODS.md 2(c)). Under a TensorFlow
+`tf.distribute` strategy each replica only sees its part of the batch, so the sums are
+all-reduced inside the replica context. Every other case (no strategy, cross-replica
+context, one replica, or the JAX / PyTorch backends, whose data-parallel arrays are already
+global) is the identity. TensorFlow is imported lazily and only on the TensorFlow backend.
+"""
+
+import keras
+
+
+def cross_replica_sum(x):
+    """SUM of `x` over all replicas in sync (TF replica context); `x` itself otherwise.
+
+    On TensorFlow the all-reduce is differentiable: the gradient of a replica's loss with
+    respect to `x` is all-reduced back to every replica, so each replica's features get the
+    gradient that flows through the global sums.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return x
+    import tensorflow as tf  # the TF branch only; pure-Keras code never imports TF
+
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return x
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return x
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
