@@ -70,6 +70,13 @@ class Head(keras.layers.Layer):
             self.car = None
             self.end_conv = end_conv
 
+    def build(self, input_shape):
+        # Heads are called on an endpoint dict: build by running `call` symbolically (a
+        # reloaded model passes the recorded shapes back here as lists).
+        specs = {k: keras.KerasTensor(tuple(v)) for k, v in dict(input_shape).items()}
+        self.compute_output_spec(specs, training=True)
+        self.built = True
+
     def _classify(self, x, training=None):
         if self.car is not None:
             x, feature = self.car(x, training=training)

@@ -1,1 +1,3 @@
-"""iseg.losses."""
+"""Losses (keras.ops only): pixel cross-entropy with ignore label / OHEM, CAR."""
+
+from iseg.losses.cross_entropy import pixel_cross_entropy

@@ -1,0 +1,67 @@
+"""`build_model` and the model zoo: named configurations used by configs and the CLI.
+
+A zoo name is either a preset registered in `MODELS` (e.g. `demo_tiny`,
+`caa_convnext_large_jpu`) or any `<head>_<backbone>` pair of registered names, optionally
+followed by `_car` (e.g. `deeplabv3_resnet50_d8`, `nl_resnet50_d8_car`).
+"""
+
+from iseg.models.segmentation_model import SegmentationModel
+from iseg.registry import Registry
+
+MODELS = Registry("model")
+
+#: Options the paper recipes add when CAR is switched on by a `_car` zoo name.
+DEFAULT_CAR = {}
+
+
+def build_model(head, backbone, num_classes, *, input_shape=(None, None, 3), **options):
+    """Build and return a `SegmentationModel` (weights created for `input_shape`)."""
+    model = SegmentationModel(backbone=backbone, head=head, num_classes=num_classes, **options)
+    model.build((None, *input_shape))
+    return model
+
+
+def _preset(name, **kwargs):
+    MODELS.register(name)(lambda: dict(kwargs))
+
+
+_preset(
+    "caa_convnext_large_jpu",
+    head="caa",
+    backbone="convnext_large",
+    head_options={"use_jpu": True},
+)
+
+
+def parse_model_name(name):
+    """Resolve a zoo name to the keyword arguments of `build_model` (without num_classes)."""
+    from iseg.backbones import BACKBONES
+    from iseg.heads import HEADS
+
+    if name in MODELS:
+        return MODELS.get(name)()
+    car = name.endswith("_car")
+    base = name[: -len("_car")] if car else name
+    for head in sorted(HEADS.names(), key=len, reverse=True):
+        if base.startswith(head + "_") and base[len(head) + 1 :] in BACKBONES:
+            kwargs = {"head": head, "backbone": base[len(head) + 1 :]}
+            if car:
+                kwargs["car"] = dict(DEFAULT_CAR)
+            return kwargs
+    raise ValueError(
+        f"Unknown model {name!r}. Valid models: the presets {', '.join(MODELS.names())}, or "
+        f"'<head>_<backbone>[_car]' with head in {{{', '.join(HEADS.names())}}} and backbone "
+        f"in {{{', '.join(BACKBONES.names())}}}"
+    )
+
+
+def build_model_from_name(name, num_classes, **overrides):
+    """Build a zoo model by name; `overrides` replace or extend the preset's options
+    (dict-valued options such as `head_options` are merged key by key)."""
+    kwargs = parse_model_name(name)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(kwargs.get(key), dict):
+            kwargs[key] = {**kwargs[key], **value}
+        else:
+            kwargs[key] = value
+    return build_model(num_classes=num_classes, **kwargs)

@@ -1,0 +1,249 @@
+"""`SegmentationModel`: backbone + head (+ aux head) + training-only regularizers.
+
+The model owns its loss (`compute_loss`), so `model.compile(optimizer=...)` and `fit` are
+all a user needs. At inference `model(images)` returns float32 logits `[N, H, W, K]` at the
+input size; under `training=True` it returns a dict with the logits, the aux logits and the
+head's hook feature, which `compute_loss` turns into the separate loss terms (each tracked as
+a metric: `ce`, `aux`, `car_intra`, `car_inter_c2c`, `car_inter_c2p`, `l2`).
+"""
+
+import keras
+from keras import ops
+
+from iseg.losses.cross_entropy import pixel_cross_entropy
+from iseg.ops import resize, resize_labels, spatial_shape
+
+#: Options of the CAR dict that configure the head's CAR block rather than the losses.
+CAR_HEAD_OPTIONS = ("filters", "pooling_rates", "apply_end_conv")
+#: Loss weights of the CAR dict (METHODS.md 2(c): L_CAR = intra + (c2c + c2p)).
+CAR_WEIGHT_OPTIONS = ("intra_weight", "inter_weight")
+
+
+def _split_car_options(car):
+    car = dict(car or {})
+    head = {f"car_{k}": car.pop(k) for k in CAR_HEAD_OPTIONS if k in car}
+    weights = {k: float(car.pop(k, 1.0)) for k in CAR_WEIGHT_OPTIONS}
+    return head, weights, car
+
+
+@keras.saving.register_keras_serializable(package="iseg")
+class SegmentationModel(keras.Model):
+    """Semantic segmentation model.
+
+    Args:
+      backbone: a registered backbone name (see `iseg.backbones.BACKBONES`) or a Keras model
+        mapping images to an endpoint dict `{"stem", "c2", "c3", "c4", "c5"}`.
+      head: a registered head name (see `iseg.heads.HEADS`) or a `Head` instance.
+      num_classes: number of classes K.
+      backbone_options / head_options: keyword options of the named builders.
+      backbone_weights: None, "imagenet" or a weight file for the backbone (only used at
+        construction; a reloaded model gets its weights from the saved file).
+      aux_weight: weight of the auxiliary FCN head on `c4` (0 or None: no aux head). Heads
+        that produce their own aux logits (OCR's soft object regions) use this weight too.
+      aux_options: options of the `fcn_aux` head.
+      car: None (no CAR) or a dict of CAR options: head-side `filters`, `pooling_rates`,
+        `apply_end_conv`; loss weights `intra_weight`, `inter_weight`; the rest goes to
+        `iseg.losses.car.car_multi_rate_losses`.
+      ignore_label, class_weights, loss_reduction, ohem: pixel cross-entropy settings
+        (`ohem` = dict(thresh=..., min_kept=...)).
+      align_corners: resize convention for logits and labels.
+      l2_weight_decay: coefficient of `sum(w**2)` over every conv/dense kernel added to the
+        loss (the original recipe); 0 for optimizers with decoupled weight decay.
+      normalization: input normalisation the backbone expects ("minus_one_to_one" or
+        "imagenet"); defaults to the backbone's own.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        head,
+        num_classes,
+        backbone_options=None,
+        head_options=None,
+        backbone_weights=None,
+        aux_weight=0.4,
+        aux_options=None,
+        car=None,
+        ignore_label=255,
+        class_weights=None,
+        loss_reduction="valid_mean",
+        ohem=None,
+        align_corners=True,
+        l2_weight_decay=0.0,
+        normalization=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.backbone_options = dict(backbone_options or {})
+        self.head_options = dict(head_options or {})
+        self.aux_weight = float(aux_weight or 0.0)
+        self.aux_options = dict(aux_options or {})
+        self.car = None if car is None else dict(car)
+        self.ignore_label = int(ignore_label)
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.loss_reduction = loss_reduction
+        self.ohem = None if ohem is None else dict(ohem)
+        self.align_corners = bool(align_corners)
+        self.l2_weight_decay = float(l2_weight_decay)
+
+        if isinstance(backbone, str):
+            from iseg.backbones import backbone_normalization, build_backbone
+
+            self.backbone_name = backbone
+            self.backbone = build_backbone(
+                backbone, weights=backbone_weights, **self.backbone_options
+            )
+            default_norm = backbone_normalization(backbone)
+        else:
+            self.backbone_name = None
+            self.backbone = backbone
+            default_norm = "minus_one_to_one"
+        self.normalization = normalization or default_norm
+
+        from iseg.heads import build_head
+
+        car_head, self._car_weights, self._car_loss_options = _split_car_options(self.car)
+        if isinstance(head, str):
+            self.head_name = head
+            options = dict(self.head_options)
+            if self.car is not None:
+                options.update(use_car=True, **car_head)
+            self.head = build_head(head, self.num_classes, **options)
+        else:
+            self.head_name = None
+            self.head = head
+        self.aux_head = None
+        if self.aux_weight > 0 and not getattr(self.head, "provides_aux_logits", False):
+            self.aux_head = build_head("fcn_aux", self.num_classes, **self.aux_options)
+
+        self._trackers = {}
+        names = ["ce"]
+        if self.aux_weight > 0:
+            names.append("aux")
+        if self.car is not None:
+            names += ["car_intra", "car_inter_c2c", "car_inter_c2p"]
+        if self.l2_weight_decay > 0:
+            names.append("l2")
+        for name in names:
+            tracker = keras.metrics.Mean(name=name)
+            setattr(self, f"{name}_tracker", tracker)
+            self._trackers[name] = tracker
+
+    # ----------------------------------------------------------------- forward
+    def build(self, input_shape):
+        # Run the training graph symbolically so every layer (the aux head and the CAR
+        # block included) creates its weights: `.keras` reloading needs them all.
+        spec = keras.KerasTensor(tuple(input_shape), dtype=self.compute_dtype)
+        self.compute_output_spec(spec, training=True)
+        self.built = True
+
+    def call(self, images, training=None):
+        size = spatial_shape(images)
+        endpoints = self.backbone(images, training=training)
+        out = self.head(endpoints, training=training)
+        logits = self._upsample(out["logits"], size)
+        if not training:
+            return logits
+        result = {"logits": logits, "feature": out["feature"]}
+        if "aux_logits" in out:
+            result["aux_logits"] = self._upsample(out["aux_logits"], size)
+        elif self.aux_head is not None:
+            aux = self.aux_head(endpoints, training=training)["logits"]
+            result["aux_logits"] = self._upsample(aux, size)
+        return result
+
+    def _upsample(self, logits, size):
+        return resize(ops.cast(logits, "float32"), size, align_corners=self.align_corners)
+
+    # ----------------------------------------------------------------- losses
+    def _ce(self, labels, logits):
+        ohem = self.ohem or {}
+        return pixel_cross_entropy(
+            labels,
+            logits,
+            ignore_label=self.ignore_label,
+            class_weights=self.class_weights,
+            reduction=self.loss_reduction,
+            ohem_thresh=ohem.get("thresh"),
+            ohem_min_kept=ohem.get("min_kept", 100000),
+        )
+
+    def loss_terms(self, labels, outputs, training=True):
+        """The separate loss terms (unweighted by nothing but their configured weights)."""
+        if not isinstance(outputs, dict):
+            outputs = {"logits": outputs}
+        labels = ops.cast(labels, "int32")
+        terms = {"ce": self._ce(labels, outputs["logits"])}
+        if self.aux_weight > 0 and "aux_logits" in outputs:
+            terms["aux"] = self.aux_weight * self._ce(labels, outputs["aux_logits"])
+        if training and self.car is not None and "feature" in outputs:
+            from iseg.losses.car import car_multi_rate_losses
+
+            feature = ops.cast(outputs["feature"], "float32")
+            car = car_multi_rate_losses(
+                feature,
+                labels,
+                num_classes=self.num_classes,
+                pooling_rates=self.head.car_pooling_rates,
+                ignore_label=self.ignore_label,
+                align_corners=self.align_corners,
+                **self._car_loss_options,
+            )
+            terms["car_intra"] = self._car_weights["intra_weight"] * car["intra"]
+            terms["car_inter_c2c"] = self._car_weights["inter_weight"] * car["inter_c2c"]
+            terms["car_inter_c2p"] = self._car_weights["inter_weight"] * car["inter_c2p"]
+        if training and self.l2_weight_decay > 0:
+            kernels = [
+                w for w in self.trainable_weights if w.path.split("/")[-1].endswith("kernel")
+            ]
+            terms["l2"] = self.l2_weight_decay * ops.sum(
+                ops.stack([ops.sum(ops.square(ops.cast(w, "float32"))) for w in kernels])
+            )
+        return terms
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        terms = self.loss_terms(y, y_pred, training=training)
+        for name, value in terms.items():
+            self._trackers[name].update_state(value)
+        total = ops.sum(ops.stack(list(terms.values())))
+        for loss in self.losses:
+            total = total + ops.cast(ops.sum(loss), "float32")
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return self.get_metrics_result()
+
+    # ----------------------------------------------------------------- config
+    def get_config(self):
+        config = super().get_config()
+
+        def ser(obj, name):
+            return name if name is not None else keras.saving.serialize_keras_object(obj)
+
+        config.update(
+            backbone=ser(self.backbone, self.backbone_name),
+            head=ser(self.head, self.head_name),
+            num_classes=self.num_classes,
+            backbone_options=self.backbone_options,
+            head_options=self.head_options,
+            aux_weight=self.aux_weight,
+            aux_options=self.aux_options,
+            car=self.car,
+            ignore_label=self.ignore_label,
+            class_weights=self.class_weights,
+            loss_reduction=self.loss_reduction,
+            ohem=self.ohem,
+            align_corners=self.align_corners,
+            l2_weight_decay=self.l2_weight_decay,
+            normalization=self.normalization,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("backbone", "head"):
+            if isinstance(config[key], dict):
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
