@@ -1,3 +1,10 @@
 """Reusable Keras 3 layers (keras.ops only): usable in any Keras model on any backend."""
 
 from iseg.layers.conv_bn_act import ConvBNAct, ImageLevel
+from iseg.layers.aspp import ASPP, SeparableConvBNAct
+from iseg.layers.ccnet import CrissCrossAttention
+from iseg.layers.danet import ChannelAttention, PositionAttention
+from iseg.layers.fpn import FPN
+from iseg.layers.object_context import ObjectAttention, ObjectContext, SpatialGather
+from iseg.layers.ppm import PPM, adaptive_avg_pool2d
+from iseg.layers.self_attention import NonLocal2d, SelfAttention
