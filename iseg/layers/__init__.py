@@ -8,3 +8,6 @@ from iseg.layers.fpn import FPN
 from iseg.layers.object_context import ObjectAttention, ObjectContext, SpatialGather
 from iseg.layers.ppm import PPM, adaptive_avg_pool2d
 from iseg.layers.self_attention import NonLocal2d, SelfAttention
+from iseg.layers.axial_attention import ChannelGate, ChannelizedAxialAttention
+from iseg.layers.jpu import JointPyramidUpsampling
+from iseg.layers.ksac import KernelSharingASPP
