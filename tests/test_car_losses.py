@@ -121,7 +121,9 @@ def test_thresholds_rates_and_switches():
     np.testing.assert_allclose(float(got["inter_c2c"]), 0.5 * float(ref["inter_c2c"]), rtol=1e-5)
     np.testing.assert_allclose(float(got["inter_c2p"]), 0.5 * float(ref["inter_c2p"]), rtol=1e-5)
     only = car_losses(feats, labels, k, IGNORE, use_intra=False, use_inter_c2p=False)
-    assert set(only) == {"inter_c2c"}
+    assert set(only) == {"intra", "inter_c2c", "inter_c2p"}
+    assert float(only["intra"]) == 0.0 and float(only["inter_c2p"]) == 0.0
+    np.testing.assert_allclose(float(only["inter_c2c"]), float(ref["inter_c2c"]), rtol=1e-5)
 
 
 def test_intra_floor_and_float16_input():

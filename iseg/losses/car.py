@@ -11,9 +11,9 @@ Entry points:
 - `CARLoss`: a small stateful Keras layer around `car_multi_rate_losses`; needed only for
   the EMA ("last class centre") option, whose centres live in a non-trainable variable.
 
-All three return a dict with the enabled terms among `"intra"`, `"inter_c2c"`,
-`"inter_c2p"`, each a float32 scalar already multiplied by its rate (`intra_loss_rate`,
-`inter_loss_rate`), so the CAR loss is the sum of the values.
+All three return a dict `{"intra", "inter_c2c", "inter_c2p"}` of float32 scalars, each
+already multiplied by its rate (`intra_loss_rate`, `inter_loss_rate`; a disabled term is a
+constant 0), so the CAR loss is the sum of the values.
 
 Implementation: class sums and pixel counts are `keras.ops.segment_sum` over the flattened
 pixels (ignored pixels and labels outside `[0, K)` go to a dump segment `K` that is
@@ -165,7 +165,8 @@ def _car_terms(
         present = ops.cast(counts > 0, "float32")[:, None]
         previous = ops.cast(ema_centers, "float32")
         centers = ops.stop_gradient(previous + (1.0 - ema_decay) * present * (centers - previous))
-    losses = {}
+    zero = ops.zeros((), dtype="float32")
+    losses = {"intra": zero, "inter_c2c": zero, "inter_c2p": zero}
     if use_intra:
         losses["intra"] = intra_loss_rate * intra_class_loss(
             f, centers, y, valid, features.shape[0] or ops.shape(features)[0], remove_max
@@ -320,9 +321,7 @@ class CARLoss(keras.layers.Layer):
         return total
 
     def compute_output_spec(self, z, labels):
-        names = [n for n, on in (("intra", self.use_intra), ("inter_c2c", self.use_inter_c2c),
-                                 ("inter_c2p", self.use_inter_c2p)) if on]
-        return {n: keras.KerasTensor((), dtype="float32") for n in names}
+        return {n: keras.KerasTensor((), dtype="float32") for n in ("intra", "inter_c2c", "inter_c2p")}
 
     def get_config(self):
         config = super().get_config()
