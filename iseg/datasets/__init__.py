@@ -1,1 +1,25 @@
-"""iseg.datasets."""
+"""iseg.datasets: dataset specs, converters, TFRecord IO, the tf.data pipeline, synthetic data.
+
+Importing this package does not import TensorFlow; `iseg.datasets.pipeline`,
+`iseg.datasets.tfrecord` and `iseg.datasets.synthetic` do.
+"""
+
+from iseg.datasets.info import load_dataset_info
+from iseg.datasets.specs import DATASETS, IGNORE_LABEL, DatasetSpec, get_dataset_spec
+
+
+def convert_dataset(*args, **kwargs):
+    """See `iseg.datasets.convert.convert_dataset`."""
+    from iseg.datasets.convert import convert_dataset as _convert  # pylint: disable=import-outside-toplevel
+
+    return _convert(*args, **kwargs)
+
+
+__all__ = [
+    "DATASETS",
+    "IGNORE_LABEL",
+    "DatasetSpec",
+    "convert_dataset",
+    "get_dataset_spec",
+    "load_dataset_info",
+]

@@ -1,0 +1,71 @@
+"""`dataset_info.json` and shard naming of a converted dataset folder (no TensorFlow here)."""
+
+import glob
+import json
+import os
+import re
+
+INFO_FILE = "dataset_info.json"
+SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord$")
+
+
+def shard_name(split, index, count):
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def load_dataset_info(data_dir):
+    """The parsed ``dataset_info.json`` of a converted dataset folder."""
+    path = os.path.join(data_dir, INFO_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: {data_dir} is not a converted dataset folder "
+            "(run `python -m iseg.cli.convert` first, or pass dataset=NAME to read records "
+            "written by other tools)"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def write_json_atomic(path, obj):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def list_shards(data_dir, split, file_pattern=None):
+    """Sorted record files of `split` in `data_dir`.
+
+    Files named ``{split}-iiiii-of-nnnnn.tfrecord`` are preferred (and checked for a
+    complete set); otherwise any ``{split}-*`` / ``{split}*.tfrecord*`` file (the original
+    iSeg tools wrote ``train-0.tfrecord``) is used. `file_pattern` overrides the search.
+    """
+    if file_pattern is not None:
+        files = sorted(glob.glob(os.path.join(data_dir, file_pattern)))
+        if not files:
+            raise FileNotFoundError(f"no files match {os.path.join(data_dir, file_pattern)}")
+        return files
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"dataset folder not found: {data_dir}")
+    names = sorted(os.listdir(data_dir))
+    sharded = [n for n in names if (m := SHARD_RE.match(n)) and m.group("split") == split]
+    if sharded:
+        counts = {int(SHARD_RE.match(n).group("count")) for n in sharded}
+        if len(counts) != 1 or len(sharded) != counts.pop():
+            raise ValueError(
+                f"incomplete or mixed shard set for split {split!r} in {data_dir}: {sharded}"
+            )
+        return [os.path.join(data_dir, n) for n in sharded]
+    loose = [
+        n for n in names
+        if (n.startswith(split + "-") or n.startswith(split + "."))
+        and ".tfrecord" in n and ".tmp" not in n
+    ]
+    if not loose:
+        raise FileNotFoundError(f"no record files for split {split!r} in {data_dir}")
+    return [os.path.join(data_dir, n) for n in loose]

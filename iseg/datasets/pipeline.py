@@ -1,0 +1,292 @@
+"""The tf.data input pipeline over converted (or foreign) TFRecord folders.
+
+``build_dataset(data_dir, split, *, training, batch_size, crop_size=(513, 513),
+normalization="minus_one_to_one", scale_range=(0.5, 2.0), scale_step=0.25, flip=True,
+brightness=True, photometric=False, seed=None, deterministic=False, input_context=None,
+repeat=None, shuffle_buffer=512, pad_to_multiple=None, **options)``
+
+Training yields ``(images float32 [B, ch, cw, 3], labels int32 [B, ch, cw])`` (ignore 255
+in padding, ``drop_remainder=True``). Evaluation yields ``(features, labels)`` with
+``features = {"image", "height", "width", "filename"}``: the whole image, normalised, padded
+bottom/right to `crop_size` if smaller, else to a multiple of `pad_to_multiple` (padding is
+0 after normalisation, i.e. the mean pixel), the original height/width, and labels padded
+with 255. Eval batches use ``padded_batch`` (pad value 0 / 255), so any batch size works.
+
+Extra keyword options:
+  dataset: spec name (or DatasetSpec); needed when `data_dir` has no dataset_info.json
+    (records written by TF DeepLab / Model Garden / the original iSeg tools).
+  raw_labels: apply the spec's raw -> train id table on read (for foreign records that
+    store raw labels, e.g. ADE20K 0..150); default False (iseg records hold train ids).
+  record_format: "auto" (default), "example", "iseg_float" or "iseg_jpeg".
+  compression: "NONE" / "GZIP" / "ZLIB"; default from dataset_info.json, else NONE.
+  file_pattern: glob (relative to data_dir) overriding the shard search.
+  check: "header" (default: verify the framing of every uncompressed shard before
+    reading, errors name the shard), "full" (read every record once), or None.
+  skip_corrupt: drop unreadable records instead of failing (counted in the log).
+  scales: explicit list of scale factors (overrides scale_range / scale_step).
+  validate_labels: assert every label is in [0, K) or 255 (default True).
+  cycle_length: number of shards read in parallel (default: min(shards, 8)).
+
+Normalisation: ``"minus_one_to_one"`` is ``x / 127.5 - 1``; ``"imagenet"`` is
+``(x - mean) / std`` with the ImageNet RGB mean/std on the 0..255 scale.
+"""
+
+import random
+
+import tensorflow as tf
+from absl import logging
+
+from iseg.datasets import augment as augment_lib
+from iseg.datasets import info as info_lib
+from iseg.datasets import tfrecord
+from iseg.datasets.specs import IGNORE_LABEL, get_dataset_spec
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+NORMALIZATIONS = ("minus_one_to_one", "imagenet")
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _check_mode(mode):
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
+
+
+def normalize(images, mode="minus_one_to_one"):
+    """float32 0..255 -> network input."""
+    _check_mode(mode)
+    images = tf.cast(images, tf.float32)
+    if mode == "minus_one_to_one":
+        return images / 127.5 - 1.0
+    return (images - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+
+
+def denormalize(images, mode="minus_one_to_one"):
+    """Inverse of `normalize`: network input -> float32 0..255."""
+    _check_mode(mode)
+    images = tf.cast(images, tf.float32)
+    if mode == "minus_one_to_one":
+        return (images + 1.0) * 127.5
+    return images * tf.constant(IMAGENET_STD) + tf.constant(IMAGENET_MEAN)
+
+
+def mean_pixel(mode="minus_one_to_one"):
+    """The 0..255 pixel value that normalises to 0 (the padding value)."""
+    _check_mode(mode)
+    return (127.5, 127.5, 127.5) if mode == "minus_one_to_one" else IMAGENET_MEAN
+
+
+def _resolve_source(data_dir, split, dataset, compression, file_pattern):
+    try:
+        info = info_lib.load_dataset_info(data_dir)
+    except FileNotFoundError:
+        if dataset is None:
+            raise
+        info = None
+    spec = get_dataset_spec(dataset) if dataset is not None else None
+    if info is not None:
+        num_classes = info["num_classes"]
+        if compression is None:
+            compression = info.get("compression", "NONE")
+        if info.get("splits") and split not in info["splits"] and file_pattern is None:
+            raise ValueError(
+                f"split {split!r} not in {data_dir} (has: {', '.join(info['splits'])})"
+            )
+    else:
+        num_classes = spec.num_classes
+    files = info_lib.list_shards(data_dir, split, file_pattern)
+    return files, num_classes, spec, compression or "NONE"
+
+
+def _label_mapper(spec, num_classes, raw_labels, validate):
+    lut = None
+    if raw_labels:
+        if spec is None:
+            raise ValueError("raw_labels=True needs dataset=NAME to know the mapping")
+        lut = tf.constant(spec.lut, tf.int32)
+
+    def fix(label, filename):
+        label = tf.cast(label, tf.int32)
+        if lut is not None:
+            inside = (label >= 0) & (label < 256)
+            label = tf.where(inside, tf.gather(lut, tf.clip_by_value(label, 0, 255)), -1)
+        if validate or lut is not None:
+            ok = tf.reduce_all(((label >= 0) & (label < num_classes)) | (label == IGNORE_LABEL))
+            with tf.control_dependencies(
+                [
+                    tf.debugging.Assert(
+                        ok,
+                        [
+                            "label value outside [0, num_classes) and not ignore 255 in record",
+                            filename,
+                            "values:",
+                            tf.unique(tf.reshape(label, [-1]))[0],
+                        ],
+                        summarize=20,
+                    )
+                ]
+            ):
+                label = tf.identity(label)
+        return label
+
+    return fix
+
+
+def build_dataset(
+    data_dir,
+    split,
+    *,
+    training,
+    batch_size,
+    crop_size=(513, 513),
+    normalization="minus_one_to_one",
+    scale_range=(0.5, 2.0),
+    scale_step=0.25,
+    flip=True,
+    brightness=True,
+    photometric=False,
+    seed=None,
+    deterministic=False,
+    input_context=None,
+    repeat=None,
+    shuffle_buffer=512,
+    pad_to_multiple=None,
+    dataset=None,
+    raw_labels=False,
+    record_format="auto",
+    compression=None,
+    file_pattern=None,
+    check="header",
+    skip_corrupt=False,
+    scales=None,
+    validate_labels=True,
+    cycle_length=None,
+):
+    """A batched `tf.data.Dataset` for training or evaluation (see module docstring)."""
+    _check_mode(normalization)
+    if training and crop_size is None:
+        raise ValueError("training needs a crop_size")
+    if check not in ("header", "full", None):
+        raise ValueError(f"check must be 'header', 'full' or None, got {check!r}")
+    files, num_classes, spec, compression = _resolve_source(
+        data_dir, split, dataset, compression, file_pattern
+    )
+    if check:
+        tfrecord.check_shards(files, compression, full=check == "full")
+    record_format, label_dtype = tfrecord.resolve_format(files, record_format, compression)
+    decode = tfrecord.make_decoder(record_format, label_dtype)
+    fix_label = _label_mapper(spec, num_classes, raw_labels, validate_labels)
+    if repeat is None:
+        repeat = training
+    if deterministic and seed is None:
+        seed = 0
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    shard_records = False
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        if len(files) >= input_context.num_input_pipelines:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        else:
+            shard_records = True
+    if training and len(files) > 1:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ctype = tfrecord.compression_type(compression)
+    cycle = cycle_length or min(len(files), 8)
+    read = lambda f: tf.data.TFRecordDataset(f, compression_type=ctype)  # noqa: E731
+    if cycle > 1:
+        ds = ds.interleave(
+            read, cycle_length=cycle, num_parallel_calls=cycle,
+            deterministic=deterministic or not training,
+        )
+    else:
+        ds = ds.interleave(read, cycle_length=1)
+    if shard_records:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    if training:
+        crop = tuple(int(c) for c in crop_size)
+        seeds = tf.data.Dataset.random(seed=seed + 2).map(
+            lambda r: tf.stack([r, tf.constant(seed, tf.int64)])
+        )
+        ds = tf.data.Dataset.zip((ds, seeds))
+
+        def train_map(record, element_seed):
+            ex = decode(record)
+            label = fix_label(ex["label"], ex["filename"])
+            img, lab, valid = augment_lib.augment(
+                ex["image"], label, element_seed, crop,
+                scale_range=scale_range, scale_step=scale_step, scales=scales, flip=flip,
+                brightness=brightness, photometric=photometric,
+            )
+            img = tf.where(valid[..., None], normalize(img, normalization), 0.0)
+            img = tf.ensure_shape(img, crop + (3,))
+            lab = tf.ensure_shape(lab, crop)
+            return img, lab
+
+        ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        if skip_corrupt:
+            ds = ds.ignore_errors(log_warning=True)
+        ds = ds.batch(batch_size, drop_remainder=True)
+    else:
+
+        def eval_map(record):
+            ex = decode(record)
+            label = fix_label(ex["label"], ex["filename"])[..., 0]
+            h, w = ex["height"], ex["width"]
+            th, tw = _eval_target(h, w, crop_size, pad_to_multiple)
+            img = normalize(ex["image"], normalization)
+            img = tf.pad(img, [[0, th - h], [0, tw - w], [0, 0]])
+            lab = tf.pad(label, [[0, th - h], [0, tw - w]], constant_values=IGNORE_LABEL)
+            feats = {"image": img, "height": h, "width": w, "filename": ex["filename"]}
+            return feats, lab
+
+        ds = ds.map(eval_map, num_parallel_calls=AUTOTUNE, deterministic=True)
+        if skip_corrupt:
+            ds = ds.ignore_errors(log_warning=True)
+        ds = ds.padded_batch(
+            batch_size,
+            padded_shapes=(
+                {"image": [None, None, 3], "height": [], "width": [], "filename": []},
+                [None, None],
+            ),
+            padding_values=(
+                {"image": 0.0, "height": 0, "width": 0, "filename": ""},
+                IGNORE_LABEL,
+            ),
+            drop_remainder=False,
+        )
+    ds = ds.prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic) or not training
+    if input_context is not None:  # sharded here; tf.distribute must not shard again
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF
+        )
+    ds = ds.with_options(options)
+    logging.info(
+        "input %s/%s: %d shards, %s records, batch %d, training=%s",
+        data_dir, split, len(files), record_format, batch_size, training,
+    )
+    return ds
+
+
+def _eval_target(h, w, crop_size, multiple):
+    def one(n, c):
+        if multiple:
+            up = (n + multiple - 1) // multiple * multiple
+        else:
+            up = n
+        if c is None:
+            return up
+        return tf.where(n <= c, tf.constant(c, tf.int32), up)
+
+    ch, cw = crop_size if crop_size is not None else (None, None)
+    return one(h, ch), one(w, cw)

@@ -1,0 +1,281 @@
+"""TFRecord IO: writing `tf.train.Example` records, reading three record formats, checks.
+
+Record formats read by `make_decoder`:
+
+- ``"example"``: `tf.train.Example` with the TF DeepLab / TF Model Garden keys
+  ``image/encoded``, ``image/format``, ``image/height``, ``image/width``,
+  ``image/filename``, ``image/segmentation/class/encoded``,
+  ``image/segmentation/class/format``. This is what the iseg converter writes (images in
+  their original encoding, labels as 8-bit PNG of train ids).
+- ``"iseg_float"``: the original iSeg tools' records: keys ``image``, ``label``,
+  ``height``, ``width``, ``depth`` where ``image`` is a `tf.io.serialize_tensor` of a
+  float32 ``[H, W, 3]`` tensor and ``label`` of an int32 ``[H, W, 1]`` tensor.
+- ``"iseg_jpeg"``: as above but ``image`` is a serialized scalar string tensor holding
+  JPEG bytes.
+
+`detect_record_format` peeks at the first record of a shard. `check_shards` verifies the
+record framing (length + masked CRC32C of each header, and that the last record ends at the
+end of the file) without reading the payloads, so a truncated or damaged shard gives an
+error naming the file instead of a failure deep inside training; ``full=True`` also reads
+every record through TensorFlow (payload CRCs, compressed files).
+"""
+
+import os
+import struct
+
+import tensorflow as tf
+
+EXAMPLE_KEYS = {
+    "image/encoded": tf.io.FixedLenFeature((), tf.string),
+    "image/filename": tf.io.FixedLenFeature((), tf.string, default_value=""),
+    "image/height": tf.io.FixedLenFeature((), tf.int64, default_value=0),
+    "image/width": tf.io.FixedLenFeature((), tf.int64, default_value=0),
+    "image/segmentation/class/encoded": tf.io.FixedLenFeature((), tf.string, default_value=""),
+}
+ISEG_KEYS = {
+    "image": tf.io.FixedLenFeature((), tf.string),
+    "label": tf.io.FixedLenFeature((), tf.string, default_value=""),
+    "height": tf.io.FixedLenFeature((), tf.int64),
+    "width": tf.io.FixedLenFeature((), tf.int64),
+    "depth": tf.io.FixedLenFeature((), tf.int64, default_value=3),
+}
+RECORD_FORMATS = ("example", "iseg_float", "iseg_jpeg")
+COMPRESSIONS = ("NONE", "GZIP", "ZLIB")
+
+
+def compression_type(compression):
+    c = (compression or "NONE").upper()
+    if c not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    return "" if c == "NONE" else c
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _bytes(v):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+
+def _int(v):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+
+
+def make_example(image_bytes, image_format, height, width, label_png, filename):
+    """A serialized `tf.train.Example` with the TF DeepLab / Model Garden keys."""
+    feature = {
+        "image/encoded": _bytes(image_bytes),
+        "image/format": _bytes(image_format.encode()),
+        "image/height": _int(height),
+        "image/width": _int(width),
+        "image/channels": _int(3),
+        "image/filename": _bytes(filename.encode()),
+        "image/segmentation/class/encoded": _bytes(label_png),
+        "image/segmentation/class/format": _bytes(b"png"),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def make_iseg_example(image, label, jpeg=False):
+    """A record in the original iSeg serialized-tensor format (for tests and migration).
+
+    `image`: uint8/float ``[H, W, 3]``; `label`: integer ``[H, W]`` or ``[H, W, 1]``.
+    """
+    image = tf.convert_to_tensor(image)
+    label = tf.reshape(tf.cast(label, tf.int32), [image.shape[0], image.shape[1], 1])
+    if jpeg:
+        data = tf.io.encode_jpeg(tf.cast(image, tf.uint8), quality=100)
+    else:
+        data = tf.cast(image, tf.float32)
+    feature = {
+        "image": _bytes(tf.io.serialize_tensor(data).numpy()),
+        "label": _bytes(tf.io.serialize_tensor(label).numpy()),
+        "height": _int(image.shape[0]),
+        "width": _int(image.shape[1]),
+        "depth": _int(image.shape[2]),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def record_writer(path, compression="NONE"):
+    return tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions(compression_type(compression)))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def detect_record_format(path, compression="NONE"):
+    """"example", "iseg_float" or "iseg_jpeg", from the first record of `path`."""
+    from tensorflow.core.framework import tensor_pb2  # pylint: disable=import-outside-toplevel
+
+    ds = tf.data.TFRecordDataset(path, compression_type=compression_type(compression))
+    try:
+        first = next(iter(ds.take(1)), None)
+    except tf.errors.OpError as e:
+        raise ValueError(f"cannot read TFRecord shard {path}: {e.message}") from None
+    if first is None:
+        raise ValueError(f"TFRecord shard {path} holds no records")
+    try:
+        example = tf.train.Example.FromString(first.numpy())
+    except Exception as e:  # protobuf DecodeError has no stable import path
+        raise ValueError(f"first record of {path} is not a tf.train.Example: {e}") from None
+    keys = example.features.feature
+    if "image/encoded" in keys:
+        return "example"
+    if "image" in keys:
+        proto = tensor_pb2.TensorProto.FromString(keys["image"].bytes_list.value[0])
+        return "iseg_jpeg" if proto.dtype == tf.string.as_datatype_enum else "iseg_float"
+    raise ValueError(
+        f"unknown record keys in {path}: {sorted(keys)}; expected 'image/encoded' "
+        "(TF DeepLab / Model Garden / iseg) or 'image' + 'label' (original iSeg)"
+    )
+
+
+def _legacy_label_dtype(path, compression):
+    from tensorflow.core.framework import tensor_pb2  # pylint: disable=import-outside-toplevel
+
+    ds = tf.data.TFRecordDataset(path, compression_type=compression_type(compression))
+    first = next(iter(ds.take(1)))
+    example = tf.train.Example.FromString(first.numpy())
+    data = example.features.feature["label"].bytes_list.value
+    if not data:
+        return tf.int32
+    return tf.dtypes.as_dtype(tensor_pb2.TensorProto.FromString(data[0]).dtype)
+
+
+def make_decoder(record_format, label_dtype=tf.int32):
+    """A function serialized record -> dict(image uint8 [H,W,3], label uint8/int32 [H,W,1],
+    height, width int32, filename string)."""
+    if record_format not in RECORD_FORMATS:
+        raise ValueError(f"record_format must be one of {RECORD_FORMATS}, got {record_format!r}")
+
+    if record_format == "example":
+
+        def decode(record):
+            f = tf.io.parse_single_example(record, EXAMPLE_KEYS)
+            image = tf.io.decode_image(f["image/encoded"], channels=3, expand_animations=False)
+            label = tf.io.decode_png(f["image/segmentation/class/encoded"], channels=1)
+            shape = tf.shape(image)
+            return {
+                "image": image,
+                "label": label,
+                "height": shape[0],
+                "width": shape[1],
+                "filename": f["image/filename"],
+            }
+
+        return decode
+
+    def decode_legacy(record):
+        f = tf.io.parse_single_example(record, ISEG_KEYS)
+        h = tf.cast(f["height"], tf.int32)
+        w = tf.cast(f["width"], tf.int32)
+        if record_format == "iseg_jpeg":
+            image = tf.io.decode_jpeg(tf.io.parse_tensor(f["image"], tf.string), channels=3)
+        else:
+            image = tf.io.parse_tensor(f["image"], tf.float32)
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+        image = tf.reshape(image, [h, w, 3])
+        label = tf.reshape(tf.io.parse_tensor(f["label"], label_dtype), [h, w, 1])
+        return {
+            "image": image,
+            "label": tf.cast(label, tf.int32),
+            "height": h,
+            "width": w,
+            "filename": tf.constant(""),
+        }
+
+    return decode_legacy
+
+
+def resolve_format(files, record_format="auto", compression="NONE"):
+    """(record_format, label_dtype) for a list of shards."""
+    if record_format == "auto":
+        record_format = detect_record_format(files[0], compression)
+    label_dtype = tf.int32
+    if record_format != "example":
+        label_dtype = _legacy_label_dtype(files[0], compression)
+    return record_format, label_dtype
+
+
+# ----------------------------------------------------------------------------- checking
+
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def crc32c(data):
+    c = 0xFFFFFFFF
+    for b in data:
+        c = _CRC_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data):
+    c = crc32c(data)
+    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def check_shard_framing(path):
+    """Number of records in an uncompressed shard; ValueError naming the file if damaged."""
+    size = os.path.getsize(path)
+    count = 0
+    pos = 0
+    with open(path, "rb") as f:
+        while pos < size:
+            header = f.read(12)
+            if len(header) < 12:
+                raise ValueError(
+                    f"truncated TFRecord shard {path}: record {count} header cut at byte {pos} "
+                    f"(file size {size})"
+                )
+            length, crc = struct.unpack("<QI", header)
+            if masked_crc32c(header[:8]) != crc:
+                raise ValueError(
+                    f"corrupt TFRecord shard {path}: bad length checksum of record {count} at "
+                    f"byte {pos}"
+                )
+            pos += 12 + length + 4
+            if pos > size:
+                raise ValueError(
+                    f"truncated TFRecord shard {path}: record {count} needs {length} bytes, "
+                    f"file ends {pos - size} bytes early"
+                )
+            f.seek(pos)
+            count += 1
+    return count
+
+
+def check_shards(files, compression="NONE", full=False):
+    """Check every shard (see module docstring); returns the record count per file."""
+    counts = {}
+    ctype = compression_type(compression)
+    for path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"TFRecord shard not found: {path}")
+        if ctype == "" and not full:
+            counts[path] = check_shard_framing(path)
+            continue
+        if not full:
+            counts[path] = None
+            continue
+        n = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path, compression_type=ctype):
+                n += 1
+        except tf.errors.OpError as e:
+            raise ValueError(
+                f"corrupt or truncated TFRecord shard {path} after record {n}: {e.message}"
+            ) from None
+        counts[path] = n
+    return counts
