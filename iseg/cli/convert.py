@@ -18,21 +18,23 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Register this tool's flags (done in `run`, so importing the module defines none)."""
-    if "output_dir" in FLAGS and "num_val" in FLAGS:
-        return
-    flags.DEFINE_string("dataset", None, "Dataset name (see iseg.datasets.DATASETS).")
-    flags.DEFINE_string("data_dir", None, "Folder with the dataset in its own layout.")
-    flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards and dataset_info.json.")
-    flags.DEFINE_list("splits", None, "Splits to convert (default: train,val).")
-    flags.DEFINE_integer("num_shards", None, "Shards per split (default: ~500 examples each).")
-    flags.DEFINE_enum("compression", "NONE", ["NONE", "GZIP", "ZLIB"], "Record compression.")
-    flags.DEFINE_integer("num_workers", None, "Worker processes (default: CPU count, max 8).")
-    flags.DEFINE_string("class_list", None, "Class-list file for --dataset=generic.")
-    flags.DEFINE_string("sbd_dir", None, "SBD benchmark_RELEASE/dataset folder for voc2012 train_aug.")
-    flags.DEFINE_integer("num_train", 200, "shapes: number of training images.")
-    flags.DEFINE_integer("num_val", 50, "shapes: number of validation images.")
-    flags.DEFINE_integer("image_size", 96, "shapes: image height and width.")
-    flags.DEFINE_integer("seed", 0, "shapes: random seed.")
+    def define(kind, name, default, help_text, *args):
+        if name not in FLAGS:  # another entry point may define the shared ones
+            getattr(flags, f"DEFINE_{kind}")(name, default, *args, help=help_text)
+
+    define("string", "dataset", None, "Dataset name (see iseg.datasets.DATASETS).")
+    define("string", "data_dir", None, "Folder with the dataset in its own layout.")
+    define("string", "output_dir", None, "Folder for the TFRecord shards and dataset_info.json.")
+    define("list", "splits", None, "Splits to convert (default: train,val).")
+    define("integer", "num_shards", None, "Shards per split (default: ~500 examples each).")
+    define("enum", "compression", "NONE", "Record compression.", ["NONE", "GZIP", "ZLIB"])
+    define("integer", "num_workers", None, "Worker processes (default: CPU count, max 8).")
+    define("string", "class_list", None, "Class-list file for --dataset=generic.")
+    define("string", "sbd_dir", None, "SBD benchmark_RELEASE/dataset folder for voc2012 train_aug.")
+    define("integer", "num_train", 200, "shapes: number of training images.")
+    define("integer", "num_val", 50, "shapes: number of validation images.")
+    define("integer", "image_size", 96, "shapes: image height and width.")
+    define("integer", "seed", 0, "shapes: random seed.")
 
 
 def main(argv):
