@@ -1,1 +1,4 @@
-"""iseg.evaluation."""
+"""Evaluation: inference modes (whole, sliding window, multi-scale, flip) and scoring."""
+
+from iseg.evaluation.evaluator import Evaluator, write_results
+from iseg.evaluation.inference import predict_logits, sliding_window_logits

@@ -1,0 +1,17 @@
+"""Errors the engine raises for bad input; the CLI prints them as one line."""
+
+
+class ConfigError(ValueError):
+    """Inconsistent or invalid settings (flags, names, batch size vs replicas...)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose variables do not match the model."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or Inf."""
+
+
+class EmptyDatasetError(ValueError):
+    """A split that yields no examples."""

@@ -1,0 +1,129 @@
+"""Optimizers: SGD (momentum, Nesterov), Adam, AdamW; decoupled weight decay with norm /
+bias / position-bias exclusions; layer-wise learning-rate decay; clipping; accumulation;
+float16 loss scaling."""
+
+import re
+
+import keras
+from absl import logging
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+#: Variable-name fragments that never get weight decay (besides every rank <= 1 variable:
+#: biases and normalisation scales/offsets).
+NO_DECAY_PATTERNS = ("position", "pos_embed", "cls_token", "relative_bias", "rel_pos")
+
+
+def no_decay_variables(variables):
+    """Variables excluded from weight decay: biases, norm weights, position biases."""
+    out = []
+    for v in variables:
+        path = getattr(v, "path", v.name).lower()
+        if len(v.shape) <= 1 or any(p in path for p in NO_DECAY_PATTERNS):
+            out.append(v)
+    return out
+
+
+_STAGE_RE = re.compile(r"(?:stage|stages|layer|res)[_/]?(\d+)")
+_BLOCK_RE = re.compile(r"(?:block|blocks)[_/]?(\d+)")
+
+
+def layer_ids(model):
+    """Layer index of every trainable variable for layer-wise LR decay (ConvNeXt / Swin).
+
+    Backbone variables of stage s / block b get consecutive ids 1..L in (stage, block)
+    order; the stem / patch embedding gets 0; everything outside the backbone (heads) L+1.
+    Returns (dict var_key -> id, L).
+    """
+    backbone = getattr(model, "backbone", None)
+    backbone_ids = {id(v) for v in (backbone.trainable_variables if backbone else [])}
+    found = {}
+    for v in model.trainable_variables:
+        if id(v) not in backbone_ids:
+            continue
+        stage = _STAGE_RE.search(v.path)
+        block = _BLOCK_RE.search(v.path)
+        if stage:
+            found[id(v)] = (int(stage.group(1)), int(block.group(1)) if block else -1)
+    order = sorted(set(found.values()))
+    index = {key: i + 1 for i, key in enumerate(order)}
+    num_layers = len(order)
+    ids = {}
+    for v in model.trainable_variables:
+        if id(v) in found:
+            ids[id(v)] = index[found[id(v)]]
+        elif id(v) in backbone_ids:
+            ids[id(v)] = 0
+        else:
+            ids[id(v)] = num_layers + 1
+    return ids, num_layers
+
+
+def _with_lr_scales(base_cls):
+    class LayerDecayOptimizer(base_cls):
+        """`base_cls` with a per-variable learning-rate multiplier."""
+
+        def set_lr_scales(self, scales):
+            self._lr_scales = dict(scales)
+
+        def update_step(self, gradient, variable, learning_rate):
+            scale = getattr(self, "_lr_scales", {}).get(self._var_key(variable), 1.0)
+            if scale != 1.0:
+                learning_rate = learning_rate * scale
+            return super().update_step(gradient, variable, learning_rate)
+
+    LayerDecayOptimizer.__name__ = base_cls.__name__
+    return LayerDecayOptimizer
+
+
+def build_optimizer(name, learning_rate, *, momentum=0.9, nesterov=False, beta_1=0.9,
+                    beta_2=0.999, weight_decay=0.0, clip_norm=None, grad_accum_steps=1,
+                    layer_decay=None, loss_scale=False):
+    """A Keras optimizer. `learning_rate` is a float or a schedule."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name!r}. Valid optimizers: {', '.join(OPTIMIZERS)}")
+    common = dict(learning_rate=learning_rate, global_clipnorm=clip_norm,
+                  weight_decay=weight_decay or None,
+                  gradient_accumulation_steps=grad_accum_steps if grad_accum_steps > 1 else None)
+    cls = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam,
+           "adamw": keras.optimizers.AdamW}[name]
+    if layer_decay:
+        cls = _with_lr_scales(cls)
+    if name == "sgd":
+        opt = cls(momentum=momentum, nesterov=nesterov, **common)
+    elif name == "adamw":
+        opt = cls(beta_1=beta_1, beta_2=beta_2, **common)
+    else:
+        if weight_decay:
+            logging.warning("adam with weight_decay is decoupled decay (= AdamW)")
+        opt = cls(beta_1=beta_1, beta_2=beta_2, **common)
+    if loss_scale:
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
+
+
+def inner_optimizer(optimizer):
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def prepare_optimizer(optimizer, model, layer_decay=None):
+    """Exclude no-decay variables, set layer-wise LR scales and build the slots."""
+    inner = inner_optimizer(optimizer)
+    variables = model.trainable_variables
+    if inner.weight_decay:
+        inner.exclude_from_weight_decay(var_list=no_decay_variables(variables))
+    if layer_decay:
+        ids, num_layers = layer_ids(model)
+        if num_layers == 0:
+            logging.warning("layer_decay: no stage/block structure found in the backbone "
+                            "variable names; every variable keeps the base learning rate")
+        inner.set_lr_scales({inner._var_key(v): layer_decay ** (num_layers + 1 - ids[id(v)])
+                             for v in variables})
+    optimizer.build(variables)
+    return optimizer
+
+
+def current_learning_rate(optimizer):
+    inner = inner_optimizer(optimizer)
+    lr = inner.learning_rate
+    return float(keras.ops.convert_to_numpy(lr))

@@ -1,0 +1,253 @@
+"""The training loop: strategy, mixed precision, optimizer, checkpoints with exact resume,
+NaN stop, progress bar, TensorBoard scalars and image summaries, periodic evaluation.
+
+A custom loop (not `fit`) so that one step = one optimizer update (with gradient
+accumulation over several batches), the input iterator is part of the checkpoint, and a
+non-finite loss stops at the exact step. The per-replica step follows Keras' `train_step`:
+`model(x, training=True)` then `model.compute_loss(...)` (the model's own loss terms,
+tracked as metrics), divided by the number of replicas because gradients are summed over
+replicas.
+"""
+
+import dataclasses
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from iseg.training import checkpoints as ckpt_lib
+from iseg.training import config as config_lib
+from iseg.training import summaries
+from iseg.training.errors import EmptyDatasetError, TrainingDivergedError
+from iseg.training.optimizers import build_optimizer, current_learning_rate, prepare_optimizer
+from iseg.training.schedules import WarmupDecay
+from iseg.training.strategy import create_strategy, per_replica_batch_size, task_info
+
+PRECISION_POLICIES = {"none": "float32", "float16": "mixed_float16",
+                      "bfloat16": "mixed_bfloat16"}
+
+
+def enable_sync_bn(model):
+    """Synchronise the batch statistics of every BatchNormalization over replicas."""
+    n = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+            n += 1
+    return n
+
+
+def _trackers(model):
+    own = getattr(model, "_loss_tracker", None)
+    return [m for m in model.metrics
+            if m is not own and isinstance(m, keras.metrics.Mean)]
+
+
+class _NoopWriter:
+    def as_default(self, step=None):
+        return tf.summary.create_noop_writer().as_default()
+
+    def flush(self):
+        pass
+
+
+def train(cfg, *, model_fn=None, train_dataset_fn=None, eval_dataset_fn=None, meta=None,
+          after_training=None):
+    """Train according to `cfg` (a `TrainConfig`); returns a dict with the final step,
+    the per-step losses of this run, the last evaluation scores and the model.
+
+    Injection points (tests, custom data): `model_fn(cfg, meta)` builds the model,
+    `train_dataset_fn(input_context, seed)` returns per-replica training batches,
+    `eval_dataset_fn()` returns the evaluation dataset. `after_training(model, result)`
+    runs on the chief (exports, overlays).
+    """
+    os.makedirs(cfg.model_dir, exist_ok=True)
+    old_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISION_POLICIES[cfg.mixed_precision])
+    try:
+        return _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_training)
+    finally:
+        keras.config.set_dtype_policy(old_policy)
+
+
+def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_training):
+    strategy = create_strategy(cfg.strategy, cfg.tpu)
+    replicas = strategy.num_replicas_in_sync
+    per_replica_batch_size(cfg.batch_size, strategy)  # validates divisibility
+    _, task_id, is_chief = task_info(strategy)
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    meta = meta or config_lib.dataset_meta(cfg)
+    accum = max(1, cfg.grad_accum_steps)
+
+    with strategy.scope():
+        model = (model_fn or config_lib.build_model_from_config)(cfg, meta)
+        if cfg.sync_bn and replicas > 1:
+            logging.info("sync BN on %d layers", enable_sync_bn(model))
+        schedule = WarmupDecay(cfg.lr, cfg.steps, cfg.schedule, end_lr=cfg.end_lr,
+                               power=cfg.poly_power, warmup_steps=cfg.warmup_steps,
+                               warmup_ratio=cfg.warmup_ratio, accum_steps=accum)
+        optimizer = build_optimizer(
+            cfg.optimizer, schedule, momentum=cfg.momentum, nesterov=cfg.nesterov,
+            beta_1=cfg.beta_1, beta_2=cfg.beta_2, weight_decay=cfg.weight_decay,
+            clip_norm=cfg.clip_norm, grad_accum_steps=accum, layer_decay=cfg.layer_decay,
+            loss_scale=cfg.mixed_precision == "float16")
+        prepare_optimizer(optimizer, model, cfg.layer_decay)
+        loss_tracker = keras.metrics.Mean(name="loss")
+    trackers = _trackers(model) + [loss_tracker]
+    if is_chief:
+        config_lib.write_run_config(cfg.model_dir, cfg, meta, model)
+
+    normalization = getattr(model, "normalization", "minus_one_to_one")
+    if train_dataset_fn is None:
+        train_dataset_fn = config_lib.make_train_dataset_fn(cfg, normalization)
+
+    # Resume: find the step of the latest checkpoint before building the iterator.
+    latest = tf.train.latest_checkpoint(os.path.join(cfg.model_dir, ckpt_lib.CKPT_DIR))
+    start_guess = int(latest.rsplit("-", 1)[-1]) if latest else 0
+    seed = cfg.seed if (cfg.checkpoint_input or start_guess == 0) else cfg.seed + start_guess
+    dist_ds = strategy.distribute_datasets_from_function(
+        lambda ctx: train_dataset_fn(ctx, seed))
+    iterator = iter(dist_ds)
+    checkpointer = ckpt_lib.TrainCheckpointer(
+        cfg.model_dir, model=model, optimizer=optimizer,
+        iterator=iterator if cfg.checkpoint_input else None, keep=cfg.keep_checkpoints,
+        is_chief=is_chief, task_id=task_id)
+    checkpointer.restore_latest()
+    step = int(optimizer.iterations.numpy())
+    loss_scale = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+            loss_tracker.update_state(loss)
+            scaled = loss / float(replicas)
+            if loss_scale:
+                scaled = optimizer.scale_loss(scaled)
+        variables = model.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(grads, variables))
+
+    @tf.function
+    def train_step(it):
+        for m in trackers:
+            m.reset_state()
+        for _ in range(accum):
+            x, y = next(it)
+            strategy.run(replica_step, args=(x, y))
+        return {m.name: m.result() for m in trackers}
+
+    writer = (tf.summary.create_file_writer(os.path.join(cfg.model_dir, "logs", "train"))
+              if is_chief else _NoopWriter())
+    evaluate_fn = _make_periodic_eval(cfg, model, meta, normalization, eval_dataset_fn,
+                                      is_chief)
+    losses, last_scores = [], None
+    bar = None
+    if cfg.progress and is_chief and step < cfg.steps:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True)
+    images_per_step = cfg.batch_size * accum
+    t_last = time.time()
+    try:
+        while step < cfg.steps:
+            t0 = time.time()
+            try:
+                logs = {k: float(v) for k, v in train_step(iterator).items()}
+            except (tf.errors.OutOfRangeError, StopIteration):
+                raise EmptyDatasetError(
+                    f"the training split in {cfg.data_dir} yielded no batches") from None
+            step += 1
+            dt = time.time() - t0
+            if not np.isfinite(logs["loss"]):
+                raise TrainingDivergedError(
+                    f"loss is {logs['loss']} at step {step}; training stopped. Last good "
+                    f"checkpoint: {checkpointer.latest or 'none yet'}")
+            losses.append(logs["loss"])
+            lr = current_learning_rate(optimizer)
+            if bar is not None:
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{lr:.2e}",
+                                img_s=f"{images_per_step / max(dt, 1e-9):.1f}")
+                bar.update(1)
+            if step % max(1, cfg.log_every) == 0 or step == cfg.steps:
+                elapsed = time.time() - t_last
+                t_last = time.time()
+                n = (step % max(1, cfg.log_every)) or max(1, cfg.log_every)
+                with writer.as_default(step=step):
+                    for name, value in logs.items():
+                        summaries.scalar(f"loss/{name}" if name != "loss" else "loss", value)
+                    summaries.scalar("learning_rate", lr)
+                    summaries.scalar("images_per_second", n * images_per_step / max(
+                        elapsed, 1e-9))
+            if step % max(1, cfg.checkpoint_every) == 0 or step == cfg.steps:
+                checkpointer.save(step)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                last_scores = evaluate_fn(step)
+    finally:
+        if bar is not None:
+            bar.close()
+        writer.flush()
+    if checkpointer.latest is None or not checkpointer.latest.endswith(f"-{step}"):
+        checkpointer.save(step)
+    if cfg.evaluate_at_end and step > 0:
+        last_scores = evaluate_fn(step)
+    result = dict(step=step, losses=losses, scores=last_scores, model=model,
+                  strategy=strategy, is_chief=is_chief)
+    if after_training is not None and is_chief:
+        after_training(model, result)
+    return result
+
+
+def _make_periodic_eval(cfg, model, meta, normalization, eval_dataset_fn, is_chief):
+    from iseg.evaluation import Evaluator, write_results
+
+    def run(step):
+        if not is_chief:
+            return None
+        dataset = (eval_dataset_fn() if eval_dataset_fn is not None
+                   else config_lib.make_eval_dataset(cfg, normalization))
+        evaluator = make_evaluator(cfg, model, meta, normalization)
+        scores = evaluator.evaluate(dataset, max_batches=cfg.eval_steps,
+                                    num_samples=cfg.num_summary_images, split=cfg.eval_split)
+        table = write_results(scores, os.path.join(cfg.model_dir, "eval"), step=step)
+        logging.info("step %d\n%s", step, table)
+        writer = tf.summary.create_file_writer(os.path.join(cfg.model_dir, "logs", "eval"))
+        with writer.as_default(step=step):
+            summaries.scalar("miou", scores["miou"])
+            summaries.scalar("pixel_accuracy", scores["pixel_accuracy"])
+            if scores["samples"]:
+                for i, (image, gt, pred) in enumerate(scores["samples"]):
+                    summaries.image(f"sample_{i}", np.stack([image, gt, pred]),
+                                    description="input, ground truth, prediction")
+        writer.flush()
+        return scores
+
+    return run
+
+
+def make_evaluator(cfg, model, meta, normalization):
+    from iseg.evaluation import Evaluator
+
+    denorm = None
+    try:
+        from iseg.datasets.pipeline import denormalize
+
+        def denorm(x):
+            return denormalize(x, normalization)
+    except ImportError:
+        pass
+    crop = tuple(cfg.eval_crop_size or cfg.crop_size)
+    stride = tuple(max(1, int(np.ceil(c * cfg.eval_stride_ratio))) for c in crop)
+    return Evaluator(model, meta.num_classes, class_names=meta.class_names,
+                     palette=meta.palette, ignore_label=meta.ignore_label,
+                     mode=cfg.eval_mode, scales=tuple(cfg.eval_scales), flip=cfg.eval_flip,
+                     crop_size=crop, stride=stride, align_corners=cfg.align_corners,
+                     denormalize_fn=denorm)
+
+
+def replace(cfg, **changes):
+    return dataclasses.replace(cfg, **changes)
