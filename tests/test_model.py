@@ -92,3 +92,25 @@ def test_keras_round_trip(tmp_path):
     restored = keras.saving.load_model(path)
     np.testing.assert_allclose(np.asarray(restored(x)), np.asarray(model(x)), atol=1e-5)
     assert restored.ignore_label == 7 and restored.class_weights == [1.0, 2.0, 0.5]
+
+
+def test_car_terms_match_functional_losses_and_train():
+    from iseg.losses.car import car_multi_rate_losses
+
+    head = ToyHead(3, use_car=True, car_filters=4, car_pooling_rates=(1, 2))
+    model = SegmentationModel(toy_backbone(), head, num_classes=3, aux_weight=0,
+                              car={"intra_weight": 2.0, "inter_weight": 0.5})
+    model.build((None, None, None, 3))
+    x, y = batch()
+    out = model(x, training=True)
+    assert out["feature"].shape == (2, 5, 5, 4)  # CAR's linear projection z
+    terms = model.loss_terms(y, out)
+    ref = car_multi_rate_losses(out["feature"], y, 3, pooling_rates=(1, 2))
+    assert float(terms["car_intra"]) == pytest.approx(2.0 * float(ref["intra"]), rel=1e-5)
+    assert float(terms["car_inter_c2c"]) == pytest.approx(0.5 * float(ref["inter_c2c"]), rel=1e-5)
+    assert float(terms["car_inter_c2p"]) == pytest.approx(0.5 * float(ref["inter_c2p"]), rel=1e-5)
+    # inference carries no CAR loss and returns the logits only
+    assert model(x).shape == (2, 33, 35, 3)
+    model.compile(optimizer=keras.optimizers.SGD(1e-2))
+    hist = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    assert {"car_intra", "car_inter_c2c", "car_inter_c2p"} <= set(hist.history)
