@@ -31,6 +31,8 @@ def define_flags():
     define("integer", "num_workers", None, "Worker processes (default: CPU count, max 8).")
     define("string", "class_list", None, "Class-list file for --dataset=generic.")
     define("string", "sbd_dir", None, "SBD benchmark_RELEASE/dataset folder for voc2012 train_aug.")
+    define("enum", "cityscapes_labels", "labelIds", "cityscapes: label files to read "
+           "(labelIds are mapped to trainIds).", ["labelIds", "labelTrainIds"])
     define("integer", "num_train", 200, "shapes: number of training images.")
     define("integer", "num_val", 50, "shapes: number of validation images.")
     define("integer", "image_size", 96, "shapes: image height and width.")
@@ -73,6 +75,8 @@ def _main(argv):
             if not FLAGS.class_list:
                 raise app.UsageError("--dataset=generic needs --class_list=FILE")
             options["class_list"] = FLAGS.class_list
+        if FLAGS.dataset == "cityscapes":
+            options["label_files"] = FLAGS.cityscapes_labels
         from iseg.datasets.convert import convert_dataset  # pylint: disable=import-outside-toplevel
 
         spec = datasets.get_dataset_spec(FLAGS.dataset, **options)

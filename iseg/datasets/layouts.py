@@ -13,7 +13,8 @@ Each layout function takes ``(spec, data_dir, split)`` and returns a list of `Pa
 - ``pascal_context``: ``VOC2010/JPEGImages``, ``VOC2010/SegmentationClassContext/*.png``,
   ``VOC2010/ImageSets/SegmentationContext/{train,val}.txt`` (raw 0 = background).
 - ``cityscapes``: ``leftImg8bit/{split}/*/*_leftImg8bit.png`` with
-  ``gtFine/{split}/*/*_gtFine_labelIds.png``.
+  ``gtFine/{split}/*/*_gtFine_labelIds.png`` (or ``*_gtFine_labelTrainIds.png`` with the
+  spec option ``label_files="labelTrainIds"``).
 - ``ade20k``: ``ADEChallengeData2016/images/{training,validation}/*.jpg`` with
   ``annotations/.../*.png``.
 - ``cocostuff164k``: ``images/{train2017,val2017}/*.jpg`` with
@@ -162,7 +163,8 @@ def cityscapes(spec, data_dir, split):
     for path in sorted(glob.glob(os.path.join(image_dir, "*", "*_leftImg8bit.png"))):
         city = os.path.basename(os.path.dirname(path))
         stem = os.path.basename(path)[: -len("_leftImg8bit.png")]
-        label = os.path.join(root, "gtFine", split, city, stem + "_gtFine_labelIds.png")
+        suffix = f"_gtFine_{spec.option('label_files', 'labelIds')}.png"
+        label = os.path.join(root, "gtFine", split, city, stem + suffix)
         pairs.append(Pair(path, label, stem))
     if not pairs:
         raise FileNotFoundError(f"no *_leftImg8bit.png files under {image_dir}")

@@ -176,7 +176,7 @@ ADE20K_CLASSES = (
     "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
     "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine",
     "hovel", "bus", "towel", "light", "truck", "tower", "chandelier", "awning",
-    "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel",
+    "streetlight", "booth", "television", "airplane", "dirt track", "apparel",
     "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
     "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
     "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike",
@@ -273,14 +273,25 @@ def _pascal_context60():
 
 
 @DATASETS.register("cityscapes")
-def _cityscapes():
-    mapping = {raw: 255 for raw in range(34)}
-    mapping.update({raw: train for raw, train, _ in CITYSCAPES_TRAIN})
+def _cityscapes(label_files="labelIds"):
+    """`label_files`: "labelIds" (default, mapped to trainIds) or "labelTrainIds" (read
+    the ``*_gtFine_labelTrainIds.png`` files made by cityscapesscripts as they are)."""
+    if label_files == "labelIds":
+        mapping = {raw: 255 for raw in range(34)}
+        mapping.update({raw: train for raw, train, _ in CITYSCAPES_TRAIN})
+        lut = _lut(mapping)
+    elif label_files == "labelTrainIds":
+        lut = identity_lut(19)
+    else:
+        raise ValueError(
+            f"cityscapes label_files must be 'labelIds' or 'labelTrainIds', got {label_files!r}"
+        )
     return DatasetSpec(
         name="cityscapes", num_classes=19,
         class_names=tuple(n for _, _, n in CITYSCAPES_TRAIN), palette=CITYSCAPES_PALETTE,
-        splits=("train", "val"), layout="cityscapes", label_lut=_lut(mapping),
-        description="Cityscapes fine (leftImg8bit / gtFine labelIds -> trainIds)",
+        splits=("train", "val"), layout="cityscapes", label_lut=lut,
+        description=f"Cityscapes fine (leftImg8bit / gtFine {label_files} -> trainIds)",
+        options=(("label_files", label_files),),
     )
 
 
