@@ -1,0 +1,283 @@
+"""The tf.data pipeline: augmentation correctness and alignment, eval padding,
+normalisation, determinism and per-worker sharding."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from datasets_testutil import save_image, save_label
+from iseg.datasets import augment
+from iseg.datasets.convert import convert_dataset
+from iseg.datasets.pipeline import build_dataset, denormalize, normalize
+
+PALETTE = np.array([(200, 30, 30), (30, 200, 30), (30, 30, 200)], np.float32)
+
+
+def _block_example(rng, h, w, block=4):
+    """Image of solid colour blocks; label = index of the block's colour."""
+    cls = rng.integers(0, 3, size=(-(-h // block), -(-w // block)))
+    label = np.kron(cls, np.ones((block, block), np.int64))[:h, :w]
+    return PALETTE[label].astype(np.uint8), label
+
+
+def _make(tmp, sizes, split="train", num_shards=1, seed=0, out="out"):
+    d = tmp / f"raw_{out}"
+    (d / "images").mkdir(parents=True, exist_ok=True)
+    (d / "classes.txt").write_text("red\ngreen\nblue\n")
+    rng = np.random.default_rng(seed)
+    for i, (h, w) in enumerate(sizes):
+        img, lab = _block_example(rng, h, w)
+        save_image(str(d / "images" / split / f"im{i:02d}.png"), img, "PNG")
+        save_label(str(d / "labels" / split / f"im{i:02d}.png"), lab)
+    convert_dataset("generic", str(d), str(tmp / out), splits=[split], num_shards=num_shards,
+                    num_workers=0, progress=False, class_list=str(d / "classes.txt"))
+    return tmp / out
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _oracle_crop(image, label, scaled, offset, crop, flip):
+    """Align-corners resize to `scaled`, pad bottom/right, crop, flip: explicit loops."""
+    h, w = image.shape[:2]
+    sh, sw = scaled
+    ch, cw = crop
+    out = np.zeros((ch, cw, 3))
+    lab = np.full((ch, cw), 255)
+    for i in range(ch):
+        for j in range(cw):
+            y, x = offset[0] + i, offset[1] + j
+            if y >= sh or x >= sw:
+                continue
+            sy = y * (h - 1) / max(sh - 1, 1)
+            sx = x * (w - 1) / max(sw - 1, 1)
+            y0, x0 = int(np.floor(sy)), int(np.floor(sx))
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            fy, fx = sy - y0, sx - x0
+            out[i, j] = ((1 - fy) * (1 - fx) * image[y0, x0] + (1 - fy) * fx * image[y0, x1]
+                         + fy * (1 - fx) * image[y1, x0] + fy * fx * image[y1, x1])
+            lab[i, j] = label[min(int(np.floor(sy + 0.5)), h - 1), min(int(np.floor(sx + 0.5)), w - 1)]
+    if flip:
+        out, lab = out[:, ::-1], lab[:, ::-1]
+    return out, lab
+
+
+@pytest.mark.parametrize(
+    "scaled,offset,flip",
+    [((13, 17), (0, 0), False), ((13, 17), (5, 7), True), ((4, 5), (0, 0), True),
+     ((7, 9), (1, 0), False), ((10, 6), (3, 0), True)],
+)
+def test_sample_crop_matches_oracle(scaled, offset, flip):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(7, 9, 3)).astype(np.uint8)
+    label = rng.integers(0, 5, size=(7, 9, 1))
+    crop = (8, 10)
+    out, lab, valid = augment.sample_crop(
+        tf.constant(image), tf.constant(label), tf.constant(scaled), offset, crop,
+        tf.constant(flip))
+    ref_img, ref_lab = _oracle_crop(image.astype(np.float64), label[..., 0], scaled, offset,
+                                    crop, flip)
+    np.testing.assert_allclose(out.numpy(), ref_img, atol=1e-3)
+    np.testing.assert_array_equal(lab.numpy()[..., 0], ref_lab)
+    np.testing.assert_array_equal(valid.numpy(), ref_lab != 255)
+
+
+def test_sample_crop_matches_tf_align_corners_resize():
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, size=(11, 14, 3)).astype(np.uint8)
+    label = rng.integers(0, 5, size=(11, 14, 1)).astype(np.int32)
+    scaled, crop, offset = (21, 27), (16, 16), (3, 9)
+    ref = tf.compat.v1.image.resize_bilinear(
+        tf.cast(image[None], tf.float32), scaled, align_corners=True)[0]
+    ref_lab = tf.compat.v1.image.resize_nearest_neighbor(label[None], scaled, align_corners=True)[0]
+    out, lab, _ = augment.sample_crop(tf.constant(image), tf.constant(label),
+                                      tf.constant(scaled), offset, crop, None)
+    y, x = offset
+    np.testing.assert_allclose(out.numpy(), ref.numpy()[y:y + 16, x:x + 16], atol=1e-3)
+    np.testing.assert_array_equal(lab.numpy(), ref_lab.numpy()[y:y + 16, x:x + 16])
+
+
+def test_scale_choices():
+    us = tf.linspace(0.0, 0.999, 50)
+    grid = {round(float(augment.choose_scale(u, (0.5, 2.0), 0.25)), 4) for u in us}
+    assert grid == {0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0}
+    listed = {round(float(augment.choose_scale(u, None, None, scales=[0.5, 1.5])), 4) for u in us}
+    assert listed == {0.5, 1.5}
+    cont = [float(augment.choose_scale(u, (0.5, 2.0), None)) for u in us]
+    assert min(cont) == pytest.approx(0.5) and max(cont) == pytest.approx(1.9985, abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _interior(lab):
+    """Pixels whose 3x3 neighbourhood (inside the crop) has one label: the bilinear sources
+    of such a pixel lie in one colour block, so its colour is exact."""
+    p = np.pad(lab, 1, constant_values=-1)
+    same = np.ones(lab.shape, bool)
+    for dy in range(3):
+        for dx in range(3):
+            same &= p[dy:dy + lab.shape[0], dx:dx + lab.shape[1]] == lab
+    return same & (lab != 255)
+
+
+def test_augmentation_keeps_image_and_label_aligned(tmp_path):
+    data = _make(tmp_path, [(20, 24), (28, 20), (16, 16), (24, 30)])
+    ds = build_dataset(str(data), "train", training=True, batch_size=2, crop_size=(17, 19),
+                       scale_range=(0.5, 2.0), scale_step=0.25, flip=True, brightness=False,
+                       seed=3)
+    checked = padded = 0
+    for images, labels in ds.take(12):
+        assert images.dtype == tf.float32 and labels.dtype == tf.int32
+        assert images.shape == (2, 17, 19, 3) and labels.shape == (2, 17, 19)
+        img = denormalize(images).numpy()
+        lab = labels.numpy()
+        pad = lab == 255
+        np.testing.assert_allclose(images.numpy()[pad], 0.0)  # padding = mean -> 0
+        padded += pad.sum()
+        for b in range(2):
+            inner = _interior(lab[b])
+            np.testing.assert_allclose(img[b][inner], PALETTE[lab[b][inner]], atol=0.05)
+            checked += inner.sum()
+    assert checked > 0.3 * 12 * 2 * 17 * 19
+    assert padded > 0
+
+
+def test_scale_and_flip_are_applied(tmp_path):
+    """An 8-wide image (left half red, right half blue) always fits in a 40-wide crop, so
+    the valid width shows the scale and the first column shows the flip."""
+    d = tmp_path / "raw"
+    img = np.zeros((6, 8, 3), np.uint8)
+    img[:, :4], img[:, 4:] = PALETTE[0], PALETTE[2]
+    lab = np.zeros((6, 8), np.uint8)
+    lab[:, 4:] = 2
+    save_image(str(d / "images" / "train" / "a.png"), img, "PNG")
+    save_label(str(d / "labels" / "train" / "a.png"), lab)
+    (d / "classes.txt").write_text("red\ngreen\nblue\n")
+    convert_dataset("generic", str(d), str(tmp_path / "out"), splits=["train"], num_workers=0,
+                    progress=False, class_list=str(d / "classes.txt"))
+    ds = build_dataset(str(tmp_path / "out"), "train", training=True, batch_size=1,
+                       crop_size=(13, 40), brightness=False, seed=0)
+    widths, firsts = set(), set()
+    for _, labels in ds.take(40):
+        row = labels.numpy()[0, 0]
+        valid = row[row != 255]
+        widths.add(len(valid))
+        firsts.add(int(valid[0]))
+        assert int(valid[-1]) == 2 - int(valid[0])
+    assert widths <= {4, 6, 8, 10, 12, 14, 16} and len(widths) >= 4
+    assert firsts == {0, 2}
+
+
+def test_photometric_and_brightness_keep_range_and_padding(tmp_path):
+    data = _make(tmp_path, [(12, 12), (14, 10)])
+    ds = build_dataset(str(data), "train", training=True, batch_size=2, crop_size=(15, 15),
+                       brightness=True, photometric=True, seed=1, normalization="imagenet")
+    for images, labels in ds.take(5):
+        img = denormalize(images, "imagenet").numpy()
+        assert img.min() >= -1e-3 and img.max() <= 255 + 1e-3
+        np.testing.assert_allclose(images.numpy()[labels.numpy() == 255], 0.0, atol=1e-6)
+
+
+def test_deterministic_with_seed(tmp_path):
+    data = _make(tmp_path, [(20, 24)] * 6, num_shards=2)
+
+    def first(seed):
+        ds = build_dataset(str(data), "train", training=True, batch_size=2, crop_size=(9, 9),
+                           seed=seed, deterministic=True, photometric=True)
+        return [x.numpy() for x, _ in ds.take(4)]
+
+    a, b, c = first(5), first(5), first(6)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, z) for x, z in zip(a, c))
+
+
+def test_training_drops_remainder_without_repeat(tmp_path):
+    data = _make(tmp_path, [(10, 10)] * 5)
+    ds = build_dataset(str(data), "train", training=True, batch_size=2, crop_size=(9, 9),
+                       repeat=False, seed=0)
+    assert [x.shape[0] for x, _ in ds] == [2, 2]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def test_eval_pads_to_crop_and_keeps_size(tmp_path):
+    sizes = [(10, 14), (12, 9), (16, 16)]
+    data = _make(tmp_path, sizes, split="val")
+    ds = build_dataset(str(data), "val", training=False, batch_size=3, crop_size=(16, 17))
+    feats, labels = next(iter(ds))
+    assert feats["image"].shape == (3, 16, 17, 3) and labels.shape == (3, 16, 17)
+    assert labels.dtype == tf.int32
+    names = [n.decode() for n in feats["filename"].numpy()]
+    assert names == ["im00", "im01", "im02"]
+    src = data.parent / "raw_out"
+    from PIL import Image
+
+    for b, (h, w) in enumerate(sizes):
+        assert feats["height"][b] == h and feats["width"][b] == w
+        img = np.asarray(Image.open(src / "images" / "val" / f"{names[b]}.png"), np.float32)
+        lab = np.asarray(Image.open(src / "labels" / "val" / f"{names[b]}.png"))
+        np.testing.assert_allclose(feats["image"][b, :h, :w].numpy(), img / 127.5 - 1, atol=1e-6)
+        np.testing.assert_array_equal(labels[b, :h, :w].numpy(), lab)
+        assert np.all(feats["image"][b, h:].numpy() == 0) and np.all(labels[b, h:].numpy() == 255)
+        assert np.all(feats["image"][b, :, w:].numpy() == 0) and np.all(labels[b, :, w:].numpy() == 255)
+
+
+def test_eval_pads_large_images_to_multiple(tmp_path):
+    data = _make(tmp_path, [(10, 14), (13, 9)], split="val")
+    ds = build_dataset(str(data), "val", training=False, batch_size=1, crop_size=(8, 8),
+                       pad_to_multiple=4)
+    shapes = [tuple(f["image"].shape[1:3]) for f, _ in ds]
+    assert shapes == [(12, 16), (16, 12)]
+    ds = build_dataset(str(data), "val", training=False, batch_size=2, crop_size=(8, 8))
+    feats, labels = next(iter(ds))
+    assert feats["image"].shape[1:3] == (13, 14)  # batch padded to the largest image
+    assert np.all(labels[0, 10:].numpy() == 255)
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+def test_input_context_shards_and_batches(tmp_path):
+    data = _make(tmp_path, [(8, 8)] * 8, split="val", num_shards=4)
+    seen = []
+    for i in range(2):
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i,
+                                         num_replicas_in_sync=2)
+        ds = build_dataset(str(data), "val", training=False, batch_size=4, crop_size=(8, 8),
+                           input_context=ctx)
+        batches = [f["filename"].numpy().tolist() for f, _ in ds]
+        assert all(len(b) <= 2 for b in batches)  # per-replica batch = 4 / 2
+        seen.append({n for b in batches for n in b})
+    assert not seen[0] & seen[1]
+    assert len(seen[0] | seen[1]) == 8
+
+
+def test_input_context_with_fewer_shards_than_workers(tmp_path):
+    data = _make(tmp_path, [(8, 8)] * 6, split="val", num_shards=1)
+    seen = []
+    for i in range(3):
+        ctx = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=i)
+        ds = build_dataset(str(data), "val", training=False, batch_size=8, crop_size=(8, 8),
+                           input_context=ctx)
+        seen.append({n for f, _ in ds for n in f["filename"].numpy().tolist()})
+    assert [len(s) for s in seen] == [2, 2, 2]
+    assert len(set().union(*seen)) == 6
+
+
+# ----------------------------------------------------------------------------- normalise
+
+
+def test_normalize_round_trip():
+    x = tf.constant([[0.0, 127.5, 255.0]] * 2)[None]
+    np.testing.assert_allclose(normalize(x).numpy()[0, 0], [-1, 0, 1])
+    mean = tf.constant([[[123.675, 116.28, 103.53]]])
+    np.testing.assert_allclose(normalize(mean, "imagenet").numpy(), 0, atol=1e-5)
+    for mode in ("minus_one_to_one", "imagenet"):
+        y = tf.random.uniform([2, 3, 4, 3], 0, 255)
+        np.testing.assert_allclose(denormalize(normalize(y, mode), mode).numpy(), y.numpy(),
+                                   atol=1e-3)
+    with pytest.raises(ValueError, match="normalization"):
+        normalize(x, "caffe")
