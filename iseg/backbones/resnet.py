@@ -401,7 +401,7 @@ def build_resnet(
                 shortcut = "avg_pool"
             else:
                 shortcut = "identity"
-            if stride_in == "last" and stage < 3 and j == len(blocks) - 1 and j > 0:
+            if stride_in == "last" and stage < 3 and j == len(blocks) - 1:
                 endpoints[f"c{stage + 2}"] = x
             x = ResNetBlock(
                 widths[stage],
