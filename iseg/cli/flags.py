@@ -131,10 +131,13 @@ def _split_top_level(text):
     return parts
 
 
-def _define_once(kind, name, default, help_text, **kwargs):
+def _define_once(kind, name, default, *args, **kwargs):
     if name in FLAGS:
         return
-    getattr(flags, f"DEFINE_{kind}")(name, default, help_text, **kwargs)
+    if kind == "enum":  # DEFINE_enum(name, default, enum_values, help)
+        flags.DEFINE_enum(name, default, args[0], args[1], **kwargs)
+    else:
+        getattr(flags, f"DEFINE_{kind}")(name, default, args[0], **kwargs)
 
 
 def define_common_flags():
@@ -230,7 +233,7 @@ def define_train_flags():
 
 
 def define_export_flags():
-    define_common_flags()
+    define_train_flags()  # the same flag files as training are accepted
     _define_once("string", "checkpoint", None, "Checkpoint to load (default: the latest "
                  "in --model_dir).")
     _define_once("string", "output", None, "Export folder (default <model_dir>/export).")
@@ -239,7 +242,7 @@ def define_export_flags():
 
 
 def define_eval_flags():
-    define_common_flags()
+    define_train_flags()  # the same flag files as training are accepted
     _define_once("string", "checkpoint", None, "Checkpoint to evaluate (default: the "
                  "latest in --model_dir).")
     _define_once("string", "split", None, "Split to evaluate (default --eval_split).")
@@ -247,3 +250,60 @@ def define_eval_flags():
                  ".csv).")
     _define_once("integer", "save_predictions", 0, "Save this many prediction PNGs "
                  "(-1: all).")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _ints(values, name):
+    if values is None:
+        return None
+    try:
+        out = tuple(int(v) for v in values)
+    except ValueError:
+        raise ValueError(f"--{name}: expected integers, got {','.join(values)}") from None
+    return out * 2 if len(out) == 1 else out[:2]
+
+
+def config_from_flags(argv):
+    """A `TrainConfig` from the parsed FLAGS (fields that have no flag keep defaults)."""
+    import dataclasses
+
+    from iseg.training.config import TrainConfig
+
+    values = {}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in FLAGS:
+            values[field.name] = FLAGS[field.name].value
+    values["crop_size"] = _ints(values.get("crop_size"), "crop_size")
+    if values.get("eval_crop_size"):
+        values["eval_crop_size"] = _ints(values["eval_crop_size"], "eval_crop_size")
+    if "eval_scales" in values:
+        values["eval_scales"] = tuple(float(s) for s in values["eval_scales"])
+    for name in ("backbone_options", "head_options", "car_options"):
+        if name in values:
+            values[name] = parse_options(values[name], name)
+    if not values.get("model_dir"):
+        values["model_dir"] = os.path.join("runs", config_name(argv) or "default")
+    return TrainConfig(**values)
+
+
+def user_errors():
+    """Exception types reported as one-line errors by the CLIs."""
+    from iseg.training.errors import (
+        CheckpointMismatchError,
+        ConfigError,
+        EmptyDatasetError,
+        TrainingDivergedError,
+    )
+    return (ConfigError, CheckpointMismatchError, EmptyDatasetError, TrainingDivergedError,
+            FileNotFoundError, FlagFileError)
+
+
+def run_main(program, main, argv):
+    """Run `main()` printing user errors as `program: error: message` (exit 1)."""
+    try:
+        return main(argv)
+    except user_errors() as e:
+        sys.stderr.write(f"{program}: error: {e}\n")
+        sys.exit(1)

@@ -1,0 +1,43 @@
+"""`python -m iseg.cli.export --flagfile=... --output=DIR [--export_scales] [--export_flip]`
+
+Writes a SavedModel (uint8 image batch and encoded-bytes signatures returning label map and
+class probabilities) and `<output>/model.keras`.
+"""
+
+import os
+import sys
+
+from absl import logging
+
+from iseg.cli import flags as flags_lib
+
+FLAGS = flags_lib.FLAGS
+PROGRAM = "iseg.cli.export"
+
+
+def main(argv):
+    from iseg.cli.evaluate import load_model_for_inference
+    from iseg.export import export_saved_model, save_keras
+
+    cfg = flags_lib.config_from_flags(argv)
+    model, meta = load_model_for_inference(cfg, FLAGS.checkpoint)
+    output = FLAGS.output or os.path.join(cfg.model_dir, "export")
+    path = export_saved_model(model, output, scales=[float(s) for s in FLAGS.export_scales],
+                              flip=FLAGS.export_flip, class_names=meta.class_names,
+                              palette=meta.palette)
+    keras_path = save_keras(model, os.path.join(path, "model.keras"))
+    print(f"SavedModel: {path}\nKeras model: {keras_path}", flush=True)
+    return path
+
+
+def run(argv=None):
+    argv = list(sys.argv if argv is None else argv)
+    flags_lib.define_export_flags()
+    expanded = flags_lib.parse_flags(argv, PROGRAM)
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO)
+    return flags_lib.run_main(PROGRAM, lambda _: main(argv), expanded)
+
+
+if __name__ == "__main__":
+    run()

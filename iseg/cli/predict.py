@@ -1,0 +1,173 @@
+"""`python -m iseg.cli.predict --model=DIR_OR_CHECKPOINT --input=FOLDER --output=FOLDER`
+
+`--model` may be a training model_dir, a checkpoint prefix inside one, a SavedModel folder
+written by `iseg.cli.export`, or a `.keras` file. For every image in `--input` (png, jpg,
+bmp) it writes `<name>.png` (palette PNG, pixel value = class id) and `<name>_overlay.jpg`
+(colours blended on the image) to `--output`.
+"""
+
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+from absl import flags, logging
+
+from iseg.cli import flags as flags_lib
+
+FLAGS = flags.FLAGS
+PROGRAM = "iseg.cli.predict"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def define_predict_flags():
+    d = flags_lib._define_once
+    d("string", "model", None, "model_dir, checkpoint, SavedModel folder or .keras file.")
+    d("string", "input", None, "Folder of images (or one image file).")
+    d("string", "output", None, "Output folder.")
+    d("list", "scales", ["1.0"], "Inference scales (model_dir / .keras only).")
+    d("bool", "flip", False, "Flip averaging (model_dir / .keras only).")
+    d("float", "alpha", 0.5, "Overlay opacity.")
+
+
+class Predictor:
+    """Label maps for uint8 RGB images from any of the supported model formats."""
+
+    def __init__(self, path, scales=(1.0,), flip=False):
+        import tensorflow as tf
+
+        self.class_names, self.palette = None, None
+        path = path.rstrip("/")
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            self._saved = tf.saved_model.load(path)
+            self._fn = self._saved.signatures["serve_images"]
+            meta = self._read_json(os.path.join(path, "export.json"))
+            self.palette = meta.get("palette")
+            self.class_names = meta.get("class_names")
+            self.predict = lambda img: self._fn(images=tf.constant(img[None]))["labels"][0].numpy()
+            return
+        import iseg.backbones  # noqa: F401  (registers the Keras classes for loading)
+        import iseg.heads  # noqa: F401
+        import iseg.models  # noqa: F401
+
+        if path.endswith(".keras"):
+            import keras
+            model = keras.saving.load_model(path)
+            record = self._find_run_config(os.path.dirname(path))
+        else:
+            from iseg.training.checkpoints import resolve_checkpoint, restore_model
+            from iseg.training.config import read_run_config, rebuild_model
+
+            ckpt = resolve_checkpoint(path)
+            model_dir = os.path.dirname(os.path.dirname(ckpt))
+            record = read_run_config(model_dir)
+            model = rebuild_model(record)
+            restore_model(model, ckpt)
+        if record:
+            self.palette = record["dataset"]["palette"]
+            self.class_names = record["dataset"]["class_names"]
+        from iseg.evaluation import Evaluator
+        from iseg.export.saved_model import normalize_uint8
+
+        norm = getattr(model, "normalization", "minus_one_to_one")
+        evaluator = Evaluator(model, model.num_classes, scales=scales, flip=flip,
+                              align_corners=getattr(model, "align_corners", True))
+        self.predict = lambda img: evaluator.predict(
+            normalize_uint8(img[None], norm)).numpy()[0]
+        if self.palette is None:
+            from iseg.datasets.specs import voc_colormap
+            self.palette = voc_colormap(model.num_classes)
+
+    @staticmethod
+    def _read_json(path):
+        if not os.path.isfile(path):
+            return {}
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def _find_run_config(self, folder):
+        rc = self._read_json(os.path.join(folder, "run_config.json"))
+        return rc or None
+
+
+def list_images(path):
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--input {path} does not exist")
+    files = sorted(f for f in glob.glob(os.path.join(path, "*"))
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
+    return files
+
+
+def predict_folder(predictor, input_path, output_dir, alpha=0.5, progress=True):
+    from PIL import Image
+    from tqdm import tqdm
+
+    from iseg.evaluation.visualize import overlay, save_label_png
+
+    files = list_images(input_path)
+    os.makedirs(output_dir, exist_ok=True)
+    palette = predictor.palette
+    written = []
+    for f in tqdm(files, unit="image", disable=not progress):
+        image = np.asarray(Image.open(f).convert("RGB"))
+        labels = predictor.predict(image)
+        stem = os.path.splitext(os.path.basename(f))[0]
+        save_label_png(os.path.join(output_dir, stem + ".png"), labels, palette)
+        Image.fromarray(overlay(image, labels, palette, alpha)).save(
+            os.path.join(output_dir, stem + "_overlay.jpg"), quality=92)
+        written.append(stem)
+    return written
+
+
+def write_overlays_from_dataset(cfg, model, meta, output_dir, count):
+    """Overlays (image | ground truth | prediction) of the first `count` eval images."""
+    from iseg.datasets.pipeline import denormalize
+    from iseg.evaluation.visualize import overlay, save_label_png, save_rgb_png
+    from iseg.training import config as config_lib
+    from iseg.training.trainer import make_evaluator
+
+    norm = getattr(model, "normalization", "minus_one_to_one")
+    evaluator = make_evaluator(cfg, model, meta, norm)
+    n = 0
+    for features, labels in config_lib.make_eval_dataset(cfg, norm):
+        preds = evaluator.predict(features["image"]).numpy()
+        images = np.clip(denormalize(features["image"], norm).numpy(), 0, 255).astype(np.uint8)
+        for i in range(preds.shape[0]):
+            h, w = int(features["height"][i]), int(features["width"][i])
+            img, lab, pred = images[i, :h, :w], labels.numpy()[i, :h, :w], preds[i, :h, :w]
+            panel = np.concatenate([img, overlay(img, lab, meta.palette),
+                                    overlay(img, pred, meta.palette)], axis=1)
+            save_rgb_png(os.path.join(output_dir, f"overlay_{n:03d}.png"), panel)
+            save_label_png(os.path.join(output_dir, f"labels_{n:03d}.png"), pred, meta.palette)
+            n += 1
+            if n >= count:
+                return n
+    return n
+
+
+def main(_):
+    for name in ("model", "input", "output"):
+        if not FLAGS[name].value:
+            raise flags_lib.FlagFileError(f"--{name} is required")
+    predictor = Predictor(FLAGS.model, scales=[float(s) for s in FLAGS.scales],
+                          flip=FLAGS.flip)
+    written = predict_folder(predictor, FLAGS.input, FLAGS.output, FLAGS.alpha)
+    print(f"{len(written)} predictions written to {FLAGS.output}", flush=True)
+    return written
+
+
+def run(argv=None):
+    argv = list(sys.argv if argv is None else argv)
+    define_predict_flags()
+    expanded = flags_lib.parse_flags(argv, PROGRAM)
+    logging.set_verbosity(logging.WARNING)
+    return flags_lib.run_main(PROGRAM, main, expanded)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,74 @@
+"""`python train.py --flagfile=configs/...cfg` (also `iseg-train`): train, then evaluate,
+and optionally export and write prediction overlays; everything goes under --model_dir."""
+
+import os
+import sys
+
+from absl import logging
+
+from iseg.cli import flags as flags_lib
+
+FLAGS = flags_lib.FLAGS
+PROGRAM = "train.py"
+
+
+def _prepare_data(cfg):
+    if cfg.dataset == "shapes" and cfg.data_dir and not os.path.isfile(
+            os.path.join(cfg.data_dir, "dataset_info.json")):
+        from iseg.datasets.synthetic import ensure_shapes
+        logging.info("generating the synthetic shapes dataset in %s", cfg.data_dir)
+        print(f"Generating the synthetic shapes dataset in {cfg.data_dir} ...", flush=True)
+        ensure_shapes(cfg.data_dir)
+
+
+def after_training(cfg, meta):
+    def fn(model, result):
+        from iseg.cli.predict import write_overlays_from_dataset
+        from iseg.export import export_saved_model, save_keras
+
+        if cfg.export_at_end:
+            path = export_saved_model(model, os.path.join(cfg.model_dir, "export"),
+                                      class_names=meta.class_names, palette=meta.palette)
+            save_keras(model, os.path.join(cfg.model_dir, "model.keras"))
+            print(f"SavedModel: {path}\nKeras model: "
+                  f"{os.path.join(cfg.model_dir, 'model.keras')}", flush=True)
+        if cfg.overlays_at_end:
+            out = os.path.join(cfg.model_dir, "overlays")
+            write_overlays_from_dataset(cfg, model, meta, out, cfg.overlays_at_end)
+            print(f"Overlays: {out}", flush=True)
+    return fn
+
+
+def main(argv):
+    from iseg.training import config as config_lib
+    from iseg.training.strategy import split_cpu
+    from iseg.training.trainer import train
+
+    cfg = flags_lib.config_from_flags(argv)
+    split_cpu(FLAGS.num_cpu_devices)
+    _prepare_data(cfg)
+    meta = config_lib.dataset_meta(cfg)
+    result = train(cfg, meta=meta, after_training=after_training(cfg, meta))
+    if result["is_chief"]:
+        scores = result["scores"]
+        line = f"Done: {result['step']} steps, model_dir {cfg.model_dir}"
+        if scores is not None:
+            from iseg.metrics import format_results_table
+            print(format_results_table(scores, title=f"{cfg.eval_split} "
+                                       f"({scores['num_images']} images)"))
+            line += f", {cfg.eval_split} mIoU {scores['miou']:.4f}"
+        print(line, flush=True)
+    return result
+
+
+def run(argv=None):
+    argv = list(sys.argv if argv is None else argv)
+    flags_lib.define_train_flags()
+    expanded = flags_lib.parse_flags(argv, PROGRAM)
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO)
+    return flags_lib.run_main(PROGRAM, lambda _: main(argv), expanded)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,106 @@
+"""SavedModel export with serving signatures that need no iseg code to load.
+
+Signatures (both return `labels` int32 `[N, H, W]` and `probabilities` float32
+`[N, H, W, K]` at the input size):
+
+- `serving_default` / `serve_images`: `images` uint8 `[N, H, W, 3]`, any size;
+- `serve_encoded`: `encoded` string `[N]` of JPEG/PNG/BMP/GIF bytes (decoded to RGB; the
+  images of one call must share a size).
+
+Normalisation, multi-scale and flip averaging (of logits) are baked into the graph.
+`export.json` beside the SavedModel records classes, palette and settings.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+from absl import logging
+
+from iseg.evaluation.inference import predict_logits
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def normalize_uint8(images, mode):
+    x = tf.cast(images, tf.float32)
+    if mode == "imagenet":
+        return (x - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+    if mode == "minus_one_to_one":
+        return x / 127.5 - 1.0
+    raise ValueError(f"unknown normalization {mode!r}")
+
+
+class SegmentationExportModule(tf.Module):
+    def __init__(self, model, *, normalization, scales=(1.0,), flip=False,
+                 align_corners=True):
+        super().__init__(name="segmentation")
+        self.model = model
+        self._normalization = normalization
+        self._scales = tuple(float(s) for s in scales)
+        self._flip = bool(flip)
+        self._align_corners = bool(align_corners)
+
+    def _run(self, images):
+        x = normalize_uint8(images, self._normalization)
+        logits = predict_logits(lambda t: self.model(t, training=False), x,
+                                scales=self._scales, flip=self._flip,
+                                align_corners=self._align_corners)
+        return {"labels": tf.argmax(logits, axis=-1, output_type=tf.int32),
+                "probabilities": tf.nn.softmax(logits, axis=-1)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
+                                                name="images")])
+    def serve_images(self, images):
+        return self._run(images)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="encoded")])
+    def serve_encoded(self, encoded):
+        def decode(b):
+            img = tf.io.decode_image(b, channels=3, expand_animations=False)
+            return tf.ensure_shape(img, [None, None, 3])
+
+        images = tf.map_fn(decode, encoded,
+                           fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+        return self._run(images)
+
+
+def export_saved_model(model, output_dir, *, normalization=None, scales=(1.0,), flip=False,
+                       align_corners=None, class_names=None, palette=None):
+    """Write the SavedModel to `output_dir` (replaced atomically) and return the path."""
+    normalization = normalization or getattr(model, "normalization", "minus_one_to_one")
+    if align_corners is None:
+        align_corners = getattr(model, "align_corners", True)
+    module = SegmentationExportModule(model, normalization=normalization, scales=scales,
+                                      flip=flip, align_corners=align_corners)
+    output_dir = os.path.abspath(output_dir)
+    tmp = output_dir.rstrip("/") + f".tmp-{os.getpid()}"
+    tf.saved_model.save(module, tmp, signatures={
+        "serving_default": module.serve_images.get_concrete_function(),
+        "serve_images": module.serve_images.get_concrete_function(),
+        "serve_encoded": module.serve_encoded.get_concrete_function(),
+    })
+    meta = dict(num_classes=int(model.num_classes) if hasattr(model, "num_classes") else None,
+                class_names=list(class_names) if class_names else None,
+                palette=[list(map(int, c)) for c in palette] if palette is not None else None,
+                normalization=normalization, scales=list(module._scales), flip=flip,
+                align_corners=align_corners,
+                signatures=["serving_default", "serve_images", "serve_encoded"])
+    with open(os.path.join(tmp, "export.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+    if os.path.isdir(output_dir):
+        import shutil
+        shutil.rmtree(output_dir)
+    os.replace(tmp, output_dir)
+    logging.info("SavedModel written to %s", output_dir)
+    return output_dir
+
+
+def save_keras(model, path):
+    """Save the whole model as a `.keras` file (reload with `keras.saving.load_model`)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + f".tmp-{os.getpid()}.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path
