@@ -25,7 +25,8 @@ Extra keyword options:
   skip_corrupt: drop unreadable records instead of failing (counted in the log).
   scales: explicit list of scale factors (overrides scale_range / scale_step).
   validate_labels: assert every label is in [0, K) or 255 (default True).
-  cycle_length: number of shards read in parallel (default: min(shards, 8)).
+  cycle_length: number of shards read in parallel (default: min(shards, 8) in training,
+    1 in evaluation so records come in file order).
 
 Normalisation: ``"minus_one_to_one"`` is ``x / 127.5 - 1``; ``"imagenet"`` is
 ``(x - mean) / std`` with the ImageNet RGB mean/std on the 0..255 scale.
@@ -195,7 +196,8 @@ def build_dataset(
     if training and len(files) > 1:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ctype = tfrecord.compression_type(compression)
-    cycle = cycle_length or min(len(files), 8)
+    # evaluation reads shards one after another so records come in file order
+    cycle = cycle_length or (min(len(files), 8) if training else 1)
     read = lambda f: tf.data.TFRecordDataset(f, compression_type=ctype)  # noqa: E731
     if cycle > 1:
         ds = ds.interleave(
