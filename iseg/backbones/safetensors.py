@@ -63,10 +63,10 @@ def write_safetensors(path, tensors, metadata=None):
     """Write {name: array} as a safetensors file (used by tests and converters)."""
     header, chunks, offset = {}, [], 0
     for name, array in tensors.items():
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array)
         if array.dtype not in _NAMES:
             raise ValueError(f"tensor {name!r}: unsupported dtype {array.dtype}")
-        raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
+        raw = array.astype(array.dtype.newbyteorder("<")).tobytes(order="C")
         header[name] = {
             "dtype": _NAMES[array.dtype],
             "shape": list(array.shape),
