@@ -334,3 +334,39 @@ def test_imagenet_offline_message_names_file_and_flag(monkeypatch):
         build_backbone("swin_tiny", weights="imagenet")
     with pytest.raises(ValueError, match="resnet50d"):
         build_backbone("resnet50_d8", weights="imagenet")
+
+
+# ----------------------------------------------------- against timm (when installed)
+
+
+def _timm_file(tmp_path, ref, torch):
+    with torch.no_grad():
+        for name, buf in ref.named_buffers():
+            if name.endswith("running_var"):
+                buf.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                buf.normal_(0, 0.1)
+        for name, p in ref.named_parameters():
+            if name.endswith("gamma") or ".norm" in name or "bn" in name:
+                p.uniform_(0.5, 1.5)
+    state = {k: v.detach().cpu().numpy() for k, v in ref.state_dict().items()}
+    write_safetensors(tmp_path / "timm.safetensors", state)
+    return tmp_path / "timm.safetensors"
+
+
+@pytest.mark.parametrize("timm_name,name", [("resnet50d", "resnet50"), ("convnext_tiny", "convnext_tiny")])
+def test_against_timm(tmp_path, timm_name, name):
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    ref = timm.create_model(timm_name, pretrained=False).eval()
+    path = _timm_file(tmp_path, ref, torch)
+    model = build_backbone(name, weights=path)
+    x = np.random.default_rng(0).normal(size=(1, 65, 65, 3)).astype("float32")
+    with torch.no_grad():
+        feats = ref.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+        if name.startswith("convnext"):  # our c5 carries the head norm (channels last)
+            feats = ref.head.norm(feats)
+        want = feats.numpy().transpose(0, 2, 3, 1)
+    got = np.asarray(model(x)["c5"])
+    assert got.shape == want.shape
+    assert _rel_err(want, got) <= 1e-4
