@@ -134,7 +134,11 @@ class SegmentationModel(keras.Model):
     def build(self, input_shape):
         # Run the training graph symbolically so every layer (the aux head and the CAR
         # block included) creates its weights: `.keras` reloading needs them all.
-        spec = keras.KerasTensor(tuple(input_shape), dtype=self.compute_dtype)
+        # Unknown spatial sizes are traced as 64x64: weights do not depend on them, and
+        # JAX's symbolic shapes cannot always prove two strided paths agree.
+        shape = tuple(input_shape)
+        shape = (shape[0],) + tuple(64 if d is None else d for d in shape[1:3]) + shape[3:]
+        spec = keras.KerasTensor(shape, dtype=self.compute_dtype)
         self.compute_output_spec(spec, training=True)
         self.built = True
 
