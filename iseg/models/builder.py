@@ -33,6 +33,23 @@ _preset(
 )
 
 
+# The README demo's model: a narrow ResNet-18 (one block per stage, OS16) with a
+# DeepLabV3+ head, small enough to train on the synthetic shapes in minutes on a CPU.
+_preset(
+    "demo_tiny",
+    head="deeplabv3plus",
+    backbone="resnet18",
+    backbone_options={
+        "depths": (1, 1, 1, 1),
+        "widths": (16, 32, 48, 64),
+        "stem_width": 16,
+        "output_stride": 16,
+    },
+    head_options={"channels": 32, "low_level_channels": 16, "output_stride": 16},
+    aux_weight=0.0,
+)
+
+
 def parse_model_name(name):
     """Resolve a zoo name to the keyword arguments of `build_model` (without num_classes)."""
     from iseg.backbones import BACKBONES
