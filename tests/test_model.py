@@ -99,7 +99,7 @@ def test_car_terms_match_functional_losses_and_train():
 
     head = ToyHead(3, use_car=True, car_filters=4, car_pooling_rates=(1, 2))
     model = SegmentationModel(toy_backbone(), head, num_classes=3, aux_weight=0,
-                              car={"intra_weight": 2.0, "inter_weight": 0.5})
+                              car={"intra_loss_rate": 2.0, "inter_loss_rate": 0.5})
     model.build((None, None, None, 3))
     x, y = batch()
     out = model(x, training=True)
@@ -109,6 +109,7 @@ def test_car_terms_match_functional_losses_and_train():
     assert float(terms["car_intra"]) == pytest.approx(2.0 * float(ref["intra"]), rel=1e-5)
     assert float(terms["car_inter_c2c"]) == pytest.approx(0.5 * float(ref["inter_c2c"]), rel=1e-5)
     assert float(terms["car_inter_c2p"]) == pytest.approx(0.5 * float(ref["inter_c2p"]), rel=1e-5)
+    assert float(ref["intra"]) > 0 and float(ref["inter_c2p"]) > 0
     # inference carries no CAR loss and returns the logits only
     assert model(x).shape == (2, 33, 35, 3)
     model.compile(optimizer=keras.optimizers.SGD(1e-2))

@@ -15,15 +15,12 @@ from iseg.ops import resize, resize_labels, spatial_shape
 
 #: Options of the CAR dict that configure the head's CAR block rather than the losses.
 CAR_HEAD_OPTIONS = ("filters", "pooling_rates", "apply_end_conv")
-#: Loss weights of the CAR dict (METHODS.md 2(c): L_CAR = intra + (c2c + c2p)).
-CAR_WEIGHT_OPTIONS = ("intra_weight", "inter_weight")
 
 
 def _split_car_options(car):
     car = dict(car or {})
     head = {f"car_{k}": car.pop(k) for k in CAR_HEAD_OPTIONS if k in car}
-    weights = {k: float(car.pop(k, 1.0)) for k in CAR_WEIGHT_OPTIONS}
-    return head, weights, car
+    return head, car
 
 
 @keras.saving.register_keras_serializable(package="iseg")
@@ -42,8 +39,8 @@ class SegmentationModel(keras.Model):
         that produce their own aux logits (OCR's soft object regions) use this weight too.
       aux_options: options of the `fcn_aux` head.
       car: None (no CAR) or a dict of CAR options: head-side `filters`, `pooling_rates`,
-        `apply_end_conv`; loss weights `intra_weight`, `inter_weight`; the rest goes to
-        `iseg.losses.car.car_multi_rate_losses`.
+        `apply_end_conv`; the rest (loss rates `intra_loss_rate`, `inter_loss_rate`,
+        thresholds, `mask_ignored_c2p`, ...) goes to `iseg.losses.car.car_multi_rate_losses`.
       ignore_label, class_weights, loss_reduction, ohem: pixel cross-entropy settings
         (`ohem` = dict(thresh=..., min_kept=...)).
       align_corners: resize convention for logits and labels.
@@ -103,7 +100,7 @@ class SegmentationModel(keras.Model):
 
         from iseg.heads import build_head
 
-        car_head, self._car_weights, self._car_loss_options = _split_car_options(self.car)
+        car_head, self._car_loss_options = _split_car_options(self.car)
         if isinstance(head, str):
             self.head_name = head
             options = dict(self.head_options)
@@ -174,7 +171,7 @@ class SegmentationModel(keras.Model):
         )
 
     def loss_terms(self, labels, outputs, training=True):
-        """The separate loss terms (unweighted by nothing but their configured weights)."""
+        """The separate, already weighted loss terms whose sum is the training loss."""
         if not isinstance(outputs, dict):
             outputs = {"logits": outputs}
         labels = ops.cast(labels, "int32")
@@ -194,9 +191,7 @@ class SegmentationModel(keras.Model):
                 align_corners=self.align_corners,
                 **self._car_loss_options,
             )
-            terms["car_intra"] = self._car_weights["intra_weight"] * car["intra"]
-            terms["car_inter_c2c"] = self._car_weights["inter_weight"] * car["inter_c2c"]
-            terms["car_inter_c2p"] = self._car_weights["inter_weight"] * car["inter_c2p"]
+            terms.update({f"car_{name}": value for name, value in car.items()})
         if training and self.l2_weight_decay > 0:
             kernels = [
                 w for w in self.trainable_weights if w.path.split("/")[-1].endswith("kernel")
