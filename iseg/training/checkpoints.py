@@ -1,21 +1,107 @@
-"""Training checkpoints (model, optimizer slots and step, input iterator) and model-only
-restores with a readable report when a checkpoint does not fit the model.
+"""Training checkpoints (model weights, optimizer slots and step, input iterator) and
+model-only restores with a readable report when a checkpoint does not fit the model.
+
+Variables are stored by their position in `model.weights` / `optimizer.variables` (the
+same architecture always lists them in the same order), not through Keras 3 attribute
+tracking, which TensorFlow's object graph does not follow into layer lists or functional
+sub-models. The model's variable paths are stored alongside (`model_paths`) to name
+mismatches.
 
 Writes are atomic: TensorFlow writes a checkpoint's files first and then replaces the
 `checkpoint` state file by an atomic rename, so a run killed mid-write resumes from the
 previous complete checkpoint.
 """
 
+import difflib
+import json
 import os
+import re
 import shutil
-import tempfile
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from iseg.training.errors import CheckpointMismatchError
 
 CKPT_DIR = "checkpoints"
+_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def _short_path(v):
+    """A variable's path without Keras' per-process uniquifying suffixes (`head_1` ->
+    `head`), so the same architecture gives the same paths in every process."""
+    path = getattr(v, "path", None) or v.name
+    return "/".join(re.sub(r"_\d+$", "", part) for part in path.split("/"))
+
+
+def _var_container(variables):
+    return tf.train.Checkpoint(**{f"v{i:05d}": v for i, v in enumerate(variables)})
+
+
+def model_checkpoint(model, **extra):
+    """A `tf.train.Checkpoint` holding the model weights (plus `extra` objects)."""
+    weights = list(model.weights)
+    paths = tf.Variable(json.dumps([_short_path(v) for v in weights]), trainable=False,
+                        name="model_paths")
+    return tf.train.Checkpoint(model=_var_container(weights), model_paths=paths, **extra)
+
+
+def _stored_model_shapes(path):
+    """[(index, shape)] of the model variables in a checkpoint, and their paths if known."""
+    reader = tf.train.load_checkpoint(path)
+    shapes = {}
+    for key, shape in reader.get_variable_to_shape_map().items():
+        if key.startswith("model/v") and key.endswith(_SUFFIX):
+            shapes[int(key[len("model/v"):-len(_SUFFIX)])] = tuple(shape)
+    paths = None
+    try:
+        value = reader.get_tensor("model_paths" + _SUFFIX)
+        paths = json.loads(value.decode() if isinstance(value, bytes) else str(value))
+    except (tf.errors.NotFoundError, ValueError):
+        pass
+    return [shapes[i] for i in sorted(shapes)], paths
+
+
+def check_compatible(path, model):
+    """Raise CheckpointMismatchError naming the variables that do not fit."""
+    theirs, their_paths = _stored_model_shapes(path)
+    ours = [tuple(v.shape) for v in model.weights]
+    our_paths = [_short_path(v) for v in model.weights]
+    if theirs == ours:
+        return
+    lines = [f"checkpoint {path} does not match the model"]
+
+    def some(items):
+        return ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8
+                                        else "")
+
+    if not theirs:
+        lines.append("it holds no model variables (not an iseg training checkpoint?)")
+    elif len(theirs) != len(ours):
+        lines.append(f"it holds {len(theirs)} model variables, the model has {len(ours)}")
+    diff, missing, extra = [], [], []
+    if their_paths is not None and len(their_paths) == len(theirs):
+        matcher = difflib.SequenceMatcher(None, their_paths, our_paths, autojunk=False)
+        for op, i1, i2, j1, j2 in matcher.get_opcodes():
+            if op == "equal":
+                diff += [f"{our_paths[j1 + k]} checkpoint {theirs[i1 + k]} vs model "
+                         f"{ours[j1 + k]}" for k in range(i2 - i1)
+                         if theirs[i1 + k] != ours[j1 + k]]
+            else:
+                extra += their_paths[i1:i2]
+                missing += our_paths[j1:j2]
+        if missing:
+            lines.append(f"{len(missing)} model variables not in the checkpoint: "
+                         f"{some(missing)}")
+        if extra:
+            lines.append(f"{len(extra)} checkpoint variables not in the model: {some(extra)}")
+    else:
+        diff = [f"{p} checkpoint {t} vs model {s}"
+                for p, s, t in zip(our_paths, ours, theirs) if t != s]
+    if diff:
+        lines.append(f"{len(diff)} variables with different shapes: {some(diff)}")
+    raise CheckpointMismatchError("; ".join(lines))
 
 
 class TrainCheckpointer:
@@ -27,10 +113,11 @@ class TrainCheckpointer:
 
     def __init__(self, model_dir, *, model, optimizer, iterator=None, keep=3, is_chief=True,
                  task_id=0):
-        objects = dict(model=model, optimizer=optimizer)
+        extra = dict(optimizer=_var_container(list(optimizer.variables)))
         if iterator is not None:
-            objects["iterator"] = iterator
-        self.checkpoint = tf.train.Checkpoint(**objects)
+            extra["iterator"] = iterator
+        self.model = model
+        self.checkpoint = model_checkpoint(model, **extra)
         self.directory = os.path.join(model_dir, CKPT_DIR)
         self.is_chief = is_chief
         write_dir = self.directory if is_chief else os.path.join(
@@ -44,17 +131,19 @@ class TrainCheckpointer:
         return tf.train.latest_checkpoint(self.directory)
 
     def restore_latest(self):
-        """Restore the newest checkpoint of the chief; returns its path or None."""
+        """Restore the newest complete checkpoint; returns its path or None."""
         path = self.latest
         if path is None:
             return None
         logging.info("Resuming from %s", path)
+        check_compatible(path, self.model)
+        status = self.checkpoint.restore(path)
         try:
-            status = self.checkpoint.restore(path)
             status.assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+        except AssertionError as e:
             raise CheckpointMismatchError(
-                describe_mismatch(path, self.checkpoint, str(e))) from None
+                f"checkpoint {path} lacks training state (optimizer / input position) "
+                f"this run needs: {str(e).splitlines()[0]}") from None
         return path
 
     def save(self, step):
@@ -62,42 +151,6 @@ class TrainCheckpointer:
         if not self.is_chief:
             shutil.rmtree(os.path.dirname(self._write_dir), ignore_errors=True)
         return path
-
-
-def _checkpoint_shapes(path, prefix=""):
-    out = {}
-    for name, shape in tf.train.list_variables(path):
-        if name.startswith(prefix) and name.endswith(".ATTRIBUTES/VARIABLE_VALUE"):
-            key = name[len(prefix):].replace("/.ATTRIBUTES/VARIABLE_VALUE", "")
-            out[key] = tuple(shape)
-    return out
-
-
-def describe_mismatch(path, checkpoint, error=""):
-    """Which variables of `checkpoint`'s objects are missing from / extra in / shaped
-    differently in the checkpoint at `path` (computed by writing ours to a temp folder)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        ours = _checkpoint_shapes(checkpoint.write(os.path.join(tmp, "ours")), "model/")
-    theirs = _checkpoint_shapes(path, "model/")
-    missing = sorted(set(ours) - set(theirs))
-    extra = sorted(set(theirs) - set(ours))
-    shape = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
-    lines = [f"checkpoint {path} does not match the model"]
-
-    def some(keys):
-        return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
-
-    if missing:
-        lines.append(f"{len(missing)} model variables missing from the checkpoint: "
-                     f"{some(missing)}")
-    if extra:
-        lines.append(f"{len(extra)} checkpoint variables not in the model: {some(extra)}")
-    if shape:
-        lines.append(f"{len(shape)} variables with different shapes: " + some(
-            [f"{k} checkpoint {theirs[k]} vs model {ours[k]}" for k in shape]))
-    if len(lines) == 1 and error:
-        lines.append(error.splitlines()[0])
-    return "; ".join(lines)
 
 
 def resolve_checkpoint(path_or_dir):
@@ -119,13 +172,14 @@ def restore_model(model, path_or_dir):
 
     Raises CheckpointMismatchError naming the variables that do not match."""
     path = resolve_checkpoint(path_or_dir)
-    checkpoint = tf.train.Checkpoint(model=model)
-    try:
-        status = checkpoint.read(path)
-        status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
-        raise CheckpointMismatchError(describe_mismatch(path, checkpoint, str(e))) from None
-    theirs = _checkpoint_shapes(path, "model/")
-    status.expect_partial()
-    logging.info("Restored %d model variables from %s", len(theirs), path)
+    check_compatible(path, model)
+    status = model_checkpoint(model).read(path)
+    status.expect_partial()  # optimizer / iterator entries are not wanted here
+    status.assert_existing_objects_matched()
+    logging.info("Restored %d model variables from %s", len(model.weights), path)
     return path
+
+
+def weights_digest(model):
+    """A float fingerprint of all weights (to compare replicas / workers in tests)."""
+    return float(sum(np.sum(np.abs(np.asarray(v, np.float64))) for v in model.weights))

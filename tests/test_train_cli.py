@@ -1,0 +1,113 @@
+"""End to end through the command lines on a tiny real model: train -> evaluate -> predict,
+and a checkpoint from a different model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = """--flagfile={repo}/configs/common/default.cfg
+--flagfile={repo}/configs/datasets/shapes.cfg
+--data_dir={data}
+--head=fcn
+--backbone=resnet18
+--backbone_options=depths=(1,1,1,1),widths=(4,4,8,8),stem_width=8
+--head_options=channels=8,end_channels=8
+--aux_weight=0.4
+--batch_size=4
+--steps=4
+--checkpoint_every=2
+--optimizer=adam
+--lr=1e-3
+--crop_size=33,33
+--log_every=2
+--eval_batch_size=2
+--progress=false
+"""
+
+
+def _run(args, cwd):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from iseg.datasets.synthetic import generate_shapes
+
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "shapes"
+    generate_shapes(str(data), num_train=8, num_val=4, image_size=(40, 40), num_shards=2)
+    cfg = root / "tiny.cfg"
+    cfg.write_text(TINY.format(repo=REPO, data=data))
+    # run from an unrelated working directory: default model_dir is runs/<config name>
+    r = _run([os.path.join(REPO, "train.py"), f"--flagfile={cfg}", "--export_at_end",
+              "--overlays_at_end=2"], cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root, cfg, root / "runs" / "tiny", r.stdout
+
+
+def test_train_cli_writes_everything_under_model_dir(trained):
+    _, _, model_dir, stdout = trained
+    assert "mIoU" in stdout and "Done: 4 steps" in stdout
+    for rel in ("checkpoints/checkpoint", "eval/eval_results.json", "eval/eval_results.txt",
+                "export/saved_model.pb", "export/export.json", "model.keras",
+                "overlays/overlay_000.png", "overlays/overlay_001.png", "run_config.json"):
+        assert (model_dir / rel).exists(), rel
+    assert os.listdir(model_dir / "logs" / "train")
+    results = json.loads((model_dir / "eval" / "eval_results.json").read_text())
+    assert results["num_images"] == 4 and results["step"] == 4
+    assert 0.0 <= results["miou"] <= 1.0
+
+
+def test_evaluate_cli_multiscale_flip_confusion_and_pngs(trained):
+    root, cfg, model_dir, _ = trained
+    r = _run(["-m", "iseg.cli.evaluate", f"--flagfile={cfg}", f"--model_dir={model_dir}",
+              "--eval_scales=0.75,1.0", "--eval_flip", "--save_confusion",
+              "--save_predictions=2", "--eval_mode=slide", "--eval_crop_size=24,24"], cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "mIoU" in r.stdout
+    res = json.loads((model_dir / "eval" / "val_results.json").read_text())
+    assert res["inference"]["scales"] == [0.75, 1.0] and res["inference"]["flip"]
+    cm = np.load(model_dir / "eval" / "val_confusion.npy")
+    assert cm.sum() == res["num_pixels"] == 4 * 40 * 40  # shapes has no ignored pixels
+    pngs = sorted(os.listdir(model_dir / "eval" / "predictions_val"))
+    assert len(pngs) == 2
+    img = Image.open(model_dir / "eval" / "predictions_val" / pngs[0])
+    assert img.mode == "P" and img.size == (40, 40)
+
+
+def test_predict_cli_from_model_dir(trained):
+    root, _, model_dir, _ = trained
+    inp = root / "inputs"
+    inp.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, size in (("a", (30, 41)), ("b", (20, 20))):
+        Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(inp / f"{name}.png")
+    out = root / "pred"
+    r = _run(["-m", "iseg.cli.predict", f"--model={model_dir}", f"--input={inp}",
+              f"--output={out}"], cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ["a.png", "a_overlay.jpg", "b.png", "b_overlay.jpg"]
+    lab = Image.open(out / "a.png")
+    assert lab.mode == "P" and lab.size == (41, 30)
+    assert np.asarray(lab).max() < 5
+    assert Image.open(out / "a_overlay.jpg").size == (41, 30)
+
+
+def test_checkpoint_from_a_different_model_names_the_variables(trained):
+    root, cfg, model_dir, _ = trained
+    r = _run(["-m", "iseg.cli.evaluate", f"--flagfile={cfg}", f"--model_dir={model_dir}",
+              "--head_options=channels=16,end_channels=8"], cwd=root)
+    assert r.returncode == 1
+    errors = [l for l in r.stderr.splitlines() if l.startswith("iseg.cli.evaluate: error:")]
+    assert len(errors) == 1, r.stderr[-3000:]
+    assert "does not match the model" in errors[0]
+    assert "different shapes" in errors[0] and "down_conv" in errors[0]
