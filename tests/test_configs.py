@@ -1,0 +1,64 @@
+"""Every shipped flag file parses, names a real model and dataset, and the model-zoo rows
+carry the published CAR recipe."""
+
+import pathlib
+
+import pytest
+from absl import flags
+
+from iseg.cli import flags as iflags
+from iseg.datasets import get_dataset_spec
+from iseg.models import parse_model_name
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+EXPERIMENTS = sorted(
+    p for p in CONFIGS.rglob("*.cfg")
+    if p.parent.name not in ("common", "datasets", "schedules")
+)
+ZOO = ("pascal_context", "cocostuff164k", "cityscapes", "ade20k")
+
+
+def load(path):
+    iflags.define_train_flags()
+    argv = ["train.py", f"--flagfile={path}"]
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(iflags.expand_flagfiles(argv))
+    return iflags.config_from_flags(argv)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_experiment_resolves(path):
+    cfg = load(path)
+    if cfg.model:
+        kwargs = parse_model_name(cfg.model)
+    else:
+        kwargs = {"head": cfg.head, "backbone": cfg.backbone}
+        parse_model_name(f"{cfg.head}_{cfg.backbone}")
+    spec = get_dataset_spec(cfg.dataset)
+    assert cfg.model_dir == f"runs/{path.stem}"
+    assert cfg.car == path.stem.endswith("_car") or "_car_" in path.stem
+    assert kwargs["head"] and spec.num_classes > 1
+
+
+@pytest.mark.parametrize("dataset", ZOO)
+def test_zoo_rows_use_the_published_recipe(dataset):
+    rows = sorted((CONFIGS / dataset).glob("*.cfg"))
+    stems = {p.stem for p in rows}
+    for base in ("fcn_r50_d8", "nl_r50_d8", "deeplabv3_r50_d8", "caa_r101_d8", "caa_convnext_l_jpu"):
+        assert {base, base + "_car"} <= stems, (dataset, base)
+    for path in rows:
+        if "adam" in path.stem:
+            continue
+        cfg = load(path)
+        assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.steps, cfg.batch_size, cfg.l2) == (
+            "sgd", 0.01, "poly", 30000, 16, 1e-4
+        ), path
+        assert cfg.sync_bn and cfg.backbone_options["bn_momentum"] == 0.9997, path
+        assert cfg.head_options == {"bn_momentum": 0.9997, "bn_epsilon": 1e-3}, path
+
+
+def test_nested_relative_flagfile_from_another_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load(CONFIGS / "pascal_context" / "nl_r50_d8_car.cfg")
+    assert cfg.model == "nl_resnet50_d8" and cfg.car and cfg.dataset == "pascal_context"
+    assert cfg.crop_size == (513, 513)
