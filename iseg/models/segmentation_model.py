@@ -46,8 +46,8 @@ class SegmentationModel(keras.Model):
       align_corners: resize convention for logits and labels.
       l2_weight_decay: coefficient of `sum(w**2)` over every conv/dense kernel added to the
         loss (the original recipe); 0 for optimizers with decoupled weight decay.
-      normalization: input normalisation the backbone expects ("minus_one_to_one" or
-        "imagenet"); defaults to the backbone's own.
+      normalization: input normalisation the backbone expects ("minus_one_to_one",
+        "imagenet" or "caffe"); defaults to what `backbone_weights` were trained with.
     """
 
     def __init__(
@@ -91,7 +91,7 @@ class SegmentationModel(keras.Model):
             self.backbone = build_backbone(
                 backbone, weights=backbone_weights, **self.backbone_options
             )
-            default_norm = backbone_normalization(backbone)
+            default_norm = backbone_normalization(backbone, backbone_weights)
         else:
             self.backbone_name = None
             self.backbone = backbone
