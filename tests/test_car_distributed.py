@@ -66,6 +66,17 @@ SCRIPT = textwrap.dedent(
         for r, v in enumerate(strategy.experimental_local_results(losses[key])):
             out[f"{key}{r}"] = v.numpy()
     out["grads"] = np.concatenate([g.numpy() for g in strategy.experimental_local_results(grads)])
+
+    # EMA centres: a non-trainable buffer updated in the replica context
+    from iseg.losses.car import CARLoss
+    with strategy.scope():
+        layer = CARLoss(k, ignore_label=255, use_ema_centers=True, ema_decay=0.9)
+        layer.build(feats.shape)
+    out["ema_start"] = layer.ema_centers[0].numpy()
+    ema_losses = tf.function(lambda f, y: strategy.run(layer, args=(f, y)))(part(feats), part(labels))
+    out["ema_after"] = layer.ema_centers[0].numpy()
+    for r, v in enumerate(strategy.experimental_local_results(ema_losses["inter_c2c"])):
+        out[f"ema_c2c{r}"] = v.numpy()
     np.savez(sys.argv[2], **out)
     """
 )
@@ -122,3 +133,14 @@ def test_gradients_flow_through_the_all_reduce(replicated):
     ref = tape.gradient(total, x).numpy()
     scale = np.abs(ref).max()
     np.testing.assert_allclose(out["grads"] / scale, ref / scale, atol=2e-5)
+
+
+def test_ema_centres_update_under_mirrored_strategy(replicated):
+    feats, labels, out = replicated
+    _, mu = oracle_losses(feats, labels, K)
+    present = np.isin(np.arange(K), labels[labels != IGNORE])[:, None]
+    expected = out["ema_start"] + 0.1 * present * (mu.numpy() - out["ema_start"])
+    np.testing.assert_allclose(out["ema_after"], expected, rtol=1e-5, atol=1e-6)
+    ref, _ = oracle_losses(feats, labels, K, centers_override=tf.constant(expected, tf.float32))
+    for r in (0, 1):
+        np.testing.assert_allclose(out[f"ema_c2c{r}"], float(ref["inter_c2c"]), rtol=1e-5)
