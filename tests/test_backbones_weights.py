@@ -92,13 +92,23 @@ def test_resnet50_equals_keras_applications(tmp_path):
     _randomize_norms(ref, rng)
     ref.save_weights(tmp_path / "resnet50.weights.h5")
     model = build_backbone("resnet50", weights=tmp_path / "resnet50.weights.h5")
-    x = rng.normal(size=(2, 64, 64, 3)).astype("float32")
-    want = np.asarray(ref(x))
-    got = np.asarray(model(x)["c5"])
+    # keras.applications ResNet takes caffe-preprocessed BGR; ours the "imagenet" input
+    x255 = rng.uniform(0, 255, size=(2, 64, 64, 3)).astype("float32")
+    want = np.asarray(ref(keras.applications.resnet.preprocess_input(x255.copy())))
+    got = np.asarray(model((x255 / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)["c5"])
     assert got.shape == want.shape
     assert _rel_err(want, got) <= 1e-4
     # parameter counts (keras convention: BN statistics included)
     assert model.count_params() == ref.count_params() == 23_587_712
+
+
+def test_caffe_input_matches_keras_preprocess_input():
+    from iseg.backbones.resnet import CaffeInput
+
+    x255 = np.random.default_rng(4).uniform(0, 255, size=(2, 5, 7, 3)).astype("float32")
+    want = keras.applications.resnet.preprocess_input(x255.copy())
+    got = np.asarray(CaffeInput()((x255 / 255.0 - IMAGENET_MEAN) / IMAGENET_STD))
+    np.testing.assert_allclose(got, want, atol=1e-3)
 
 
 @pytest.mark.slow

@@ -19,11 +19,9 @@ ENDPOINTS = ("stem", "c2", "c3", "c4", "c5")
 COMMON_OPTIONS = ("output_stride", "multi_grid", "bn_momentum", "bn_epsilon", "drop_path_rate",
                   "layer_scale_init")
 
-# The ImageNet normalisation convention of each family's default pretrained weights:
-# "caffe" = keras.applications ResNet (BGR, 0..255 minus the Caffe mean, no scaling),
-# "imagenet" = RGB / 255, minus (0.485, 0.456, 0.406), divided by (0.229, 0.224, 0.225),
-# "minus_one_to_one" = x / 127.5 - 1 (the original TF code, for every backbone).
-NORMALIZATIONS = ("minus_one_to_one", "imagenet", "caffe")
+# Input normalisations: "imagenet" = RGB / 255, minus (0.485, 0.456, 0.406), divided by
+# (0.229, 0.224, 0.225); "minus_one_to_one" = x / 127.5 - 1 (the original TF code).
+NORMALIZATIONS = ("minus_one_to_one", "imagenet")
 
 
 def _resnet(depth, **defaults):
@@ -144,19 +142,15 @@ def endpoint_channels(model):
 
 
 def backbone_normalization(name, weights=None):
-    """The input normalisation the pretrained weights of backbone `name` expect.
+    """The input normalisation backbone `name` expects: "imagenet" for every backbone.
 
-    ConvNeXt and Swin: "imagenet" (timm and keras.applications alike). ResNet: "caffe" for
-    keras.applications weights (`weights="imagenet"` or an `.h5` file), "imagenet" for timm
-    `.safetensors` files, and "minus_one_to_one" (the original TF code's convention) when no
-    weights are given. For a ConvNeXt `.h5` file from keras.applications the model must be
-    built without its preprocessing layer; the input is then "imagenet"-normalised.
+    Every weight source we import was trained on ImageNet-normalised RGB (timm,
+    keras.applications ConvNeXt, whose built-in preprocessing layer is not part of our
+    model) or is converted to it: keras.applications ResNet weights expect Caffe-style BGR
+    mean subtraction, and loading them adds an exact `CaffeInput` conversion layer in front
+    of the stem. `weights` is accepted so that a future source with another convention can
+    answer differently; an unknown name raises a ValueError listing the valid ones.
     """
-    builder = BACKBONES.get(name)
-    if builder.family != "resnet":
-        return "imagenet"
-    if weights is None:
-        return "minus_one_to_one"
-    if str(weights).endswith(".safetensors"):
-        return "imagenet"
-    return "caffe"
+    BACKBONES.get(name)
+    del weights
+    return "imagenet"

@@ -178,6 +178,26 @@ class StemPool(keras.layers.Layer):
         return config
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="iseg")
+class CaffeInput(keras.layers.Layer):
+    """ImageNet-normalised RGB input -> the "caffe" input of keras.applications ResNet
+    weights (BGR, 0..255, minus the Caffe mean). Exact: it acts before any padding."""
+
+    def call(self, x):
+        std = ops.convert_to_tensor([255.0 * s for s in IMAGENET_STD], dtype=x.dtype)
+        mean = ops.convert_to_tensor([255.0 * m for m in IMAGENET_MEAN], dtype=x.dtype)
+        caffe = ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype=x.dtype)
+        return ops.flip(x * std + mean, axis=-1) - caffe
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 SHORTCUTS = ("identity", "conv", "avg_conv", "avg_pool")
 
 
@@ -361,14 +381,20 @@ def build_resnet(
     drop_path_rate=0.0,
     depths=None,
     widths=None,
+    input_convention=None,
     name="resnet",
 ):
     """Functional ResNet returning {"stem", "c2", "c3", "c4", "c5"}.
 
     `depths` / `widths` override the blocks per stage and the bottleneck widths (64, 128,
     256, 512) for tiny test configurations. `avg_down` uses the ResNet-D projection
-    shortcut (average pool then 1x1 conv).
+    shortcut (average pool then 1x1 conv). `input_convention="caffe"` converts the
+    ImageNet-normalised input to the BGR mean-subtracted input that keras.applications
+    ResNet weights were trained with (set automatically when such weights are loaded), so
+    every backbone takes the same "imagenet" normalisation.
     """
+    if input_convention not in (None, "caffe"):
+        raise ValueError(f"input_convention must be None or 'caffe', got {input_convention!r}")
     if depth not in DEPTHS:
         raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, got {depth!r}")
     kind, default_depths = DEPTHS[depth]
@@ -384,7 +410,8 @@ def build_resnet(
     stem_layer = ResNetStem(
         stem, stem_width, conv_bias, padding, bn_momentum, bn_epsilon, name="stem"
     )
-    x = stem_layer(inputs)
+    x = CaffeInput(name="caffe_input")(inputs) if input_convention == "caffe" else inputs
+    x = stem_layer(x)
     endpoints = {"stem": x}
     x = StemPool(padding, name="stem_pool")(x)
     in_channels = stem_layer.out_channels

@@ -324,6 +324,7 @@ class KerasAppSource:
                 conv_bias=True,
                 avg_down=False,
                 bn_epsilon=1.001e-5,
+                input_convention="caffe",
             )
         return {}
 
