@@ -78,7 +78,7 @@ def test_sample_crop_matches_oracle(scaled, offset, flip):
     ref_img, ref_lab = _oracle_crop(image.astype(np.float64), label[..., 0], scaled, offset,
                                     crop, flip)
     np.testing.assert_allclose(out.numpy(), ref_img, atol=1e-3)
-    np.testing.assert_array_equal(lab.numpy()[..., 0], ref_lab)
+    np.testing.assert_array_equal(lab.numpy(), ref_lab)
     np.testing.assert_array_equal(valid.numpy(), ref_lab != 255)
 
 
@@ -94,7 +94,34 @@ def test_sample_crop_matches_tf_align_corners_resize():
                                       tf.constant(scaled), offset, crop, None)
     y, x = offset
     np.testing.assert_allclose(out.numpy(), ref.numpy()[y:y + 16, x:x + 16], atol=1e-3)
-    np.testing.assert_array_equal(lab.numpy(), ref_lab.numpy()[y:y + 16, x:x + 16])
+    np.testing.assert_array_equal(lab.numpy(), ref_lab.numpy()[y:y + 16, x:x + 16, 0])
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_sample_crop_from_encoded_window(fmt):
+    """Decoding only the needed window (partial JPEG decode) gives the same crop as
+    decoding the whole image first."""
+    rng = np.random.default_rng(3)
+    base = np.kron(rng.integers(0, 256, size=(6, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    label = rng.integers(0, 5, size=(48, 64)).astype(np.int32)
+    if fmt == "png":
+        encoded = tf.io.encode_png(base)
+    else:
+        encoded = tf.io.encode_jpeg(base, quality=95, chroma_downsampling=False)
+    image = tf.io.decode_image(encoded, channels=3)
+    for scaled, offset, flip in (((96, 128), (40, 50), True), ((60, 80), (5, 0), False),
+                                 ((24, 32), (0, 0), True)):
+        ref = augment.sample_crop(image, tf.constant(label), tf.constant(scaled), offset,
+                                  (33, 35), tf.constant(flip))
+        got = augment.sample_crop(None, tf.constant(label), tf.constant(scaled), offset,
+                                  (33, 35), tf.constant(flip), encoded=encoded)
+        np.testing.assert_array_equal(got[1].numpy(), ref[1].numpy())
+        np.testing.assert_array_equal(got[2].numpy(), ref[2].numpy())
+        diff = np.abs(got[0].numpy() - ref[0].numpy())
+        if fmt == "png":
+            assert diff.max() < 1e-3
+        else:  # libjpeg may round a few window-border pixels differently
+            assert diff.mean() < 0.5 and diff.max() <= 8
 
 
 def test_scale_choices():

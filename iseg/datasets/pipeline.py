@@ -107,28 +107,26 @@ def _label_mapper(spec, num_classes, raw_labels, validate):
         lut = tf.constant(spec.lut, tf.int32)
 
     def fix(label, filename):
-        label = tf.cast(label, tf.int32)
         if lut is not None:
+            label = tf.cast(label, tf.int32)
             inside = (label >= 0) & (label < 256)
             label = tf.where(inside, tf.gather(lut, tf.clip_by_value(label, 0, 255)), -1)
-        if validate or lut is not None:
-            ok = tf.reduce_all(((label >= 0) & (label < num_classes)) | (label == IGNORE_LABEL))
-            with tf.control_dependencies(
-                [
-                    tf.debugging.Assert(
-                        ok,
-                        [
-                            "label value outside [0, num_classes) and not ignore 255 in record",
-                            filename,
-                            "values:",
-                            tf.unique(tf.reshape(label, [-1]))[0],
-                        ],
-                        summarize=20,
-                    )
-                ]
-            ):
-                label = tf.identity(label)
-        return label
+        if not (validate or lut is not None):
+            return label
+        ok = tf.reduce_all(
+            ((label >= 0) & (label < num_classes)) | (label == IGNORE_LABEL))
+
+        def fail():  # only built into the false branch: the error path costs nothing
+            check = tf.debugging.Assert(
+                False,
+                ["label value outside [0, num_classes) and not ignore 255 in record",
+                 filename, "values:", tf.unique(tf.reshape(label, [-1]))[0]],
+                summarize=20,
+            )
+            with tf.control_dependencies([check]):
+                return tf.identity(label)
+
+        return tf.cond(ok, lambda: label, fail)
 
     return fix
 
@@ -175,7 +173,7 @@ def build_dataset(
     if check:
         tfrecord.check_shards(files, compression, full=check == "full")
     record_format, label_dtype = tfrecord.resolve_format(files, record_format, compression)
-    decode = tfrecord.make_decoder(record_format, label_dtype)
+    decode = tfrecord.make_decoder(record_format, label_dtype, lazy_image=training)
     fix_label = _label_mapper(spec, num_classes, raw_labels, validate_labels)
     if repeat is None:
         repeat = training
@@ -223,14 +221,12 @@ def build_dataset(
         def train_map(record, element_seed):
             ex = decode(record)
             label = fix_label(ex["label"], ex["filename"])
-            img, lab, valid = augment_lib.augment(
-                ex["image"], label, element_seed, crop,
+            img, lab, _ = augment_lib.augment(
+                ex.get("image"), label, element_seed, crop,
                 scale_range=scale_range, scale_step=scale_step, scales=scales, flip=flip,
-                brightness=brightness, photometric=photometric,
+                brightness=brightness, photometric=photometric, encoded=ex.get("encoded"),
+                postprocess=lambda x: normalize(x, normalization),
             )
-            img = tf.where(valid[..., None], normalize(img, normalization), 0.0)
-            img = tf.ensure_shape(img, crop + (3,))
-            lab = tf.ensure_shape(lab, crop)
             return img, lab
 
         ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
@@ -241,7 +237,7 @@ def build_dataset(
 
         def eval_map(record):
             ex = decode(record)
-            label = fix_label(ex["label"], ex["filename"])[..., 0]
+            label = tf.cast(fix_label(ex["label"], ex["filename"])[..., 0], tf.int32)
             h, w = ex["height"], ex["width"]
             th, tw = _eval_target(h, w, crop_size, pad_to_multiple)
             img = normalize(ex["image"], normalization)
@@ -268,6 +264,8 @@ def build_dataset(
     ds = ds.prefetch(AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = bool(deterministic) or not training
+    # parallelism comes from the parallel map; ops inside one element run single-threaded
+    options.threading.max_intra_op_parallelism = 1
     if input_context is not None:  # sharded here; tf.distribute must not shard again
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.OFF

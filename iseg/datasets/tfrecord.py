@@ -143,9 +143,14 @@ def _legacy_label_dtype(path, compression):
     return tf.dtypes.as_dtype(tensor_pb2.TensorProto.FromString(data[0]).dtype)
 
 
-def make_decoder(record_format, label_dtype=tf.int32):
+def make_decoder(record_format, label_dtype=tf.int32, lazy_image=False):
     """A function serialized record -> dict(image uint8 [H,W,3], label uint8/int32 [H,W,1],
-    height, width int32, filename string)."""
+    height, width int32, filename string).
+
+    With `lazy_image` and the "example" format the image is not decoded: the dict holds
+    ``encoded`` (the image bytes) instead of ``image``, and height/width come from the
+    label (the converter guarantees equal sizes), so the caller can decode only a window.
+    """
     if record_format not in RECORD_FORMATS:
         raise ValueError(f"record_format must be one of {RECORD_FORMATS}, got {record_format!r}")
 
@@ -153,16 +158,17 @@ def make_decoder(record_format, label_dtype=tf.int32):
 
         def decode(record):
             f = tf.io.parse_single_example(record, EXAMPLE_KEYS)
-            image = tf.io.decode_image(f["image/encoded"], channels=3, expand_animations=False)
             label = tf.io.decode_png(f["image/segmentation/class/encoded"], channels=1)
-            shape = tf.shape(image)
-            return {
-                "image": image,
-                "label": label,
-                "height": shape[0],
-                "width": shape[1],
-                "filename": f["image/filename"],
-            }
+            out = {"label": label, "filename": f["image/filename"]}
+            if lazy_image:
+                out["encoded"] = f["image/encoded"]
+                shape = tf.shape(label)
+            else:
+                out["image"] = tf.io.decode_image(
+                    f["image/encoded"], channels=3, expand_animations=False)
+                shape = tf.shape(out["image"])
+            out["height"], out["width"] = shape[0], shape[1]
+            return out
 
         return decode
 
