@@ -224,3 +224,26 @@ def test_backbone_normalization():
     assert backbone_normalization("resnet50", weights="imagenet") == "imagenet"
     with pytest.raises(ValueError, match="Unknown backbone"):
         backbone_normalization("vgg16")
+
+
+@pytest.mark.parametrize("name", ["resnet50_d8", "swin_tiny"])
+def test_traced_with_unknown_spatial_size(name):
+    # a graph traced for [None, None, None, 3] takes the dynamic-shape paths (padding,
+    # shift mask, window partition) and must agree with the eager call
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.function tracing with unknown sizes is TensorFlow-specific")
+    import tensorflow as tf
+
+    model = _tiny(name)
+    fn = tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+    )
+    x = np.random.default_rng(4).normal(size=(1, 33, 35, 3)).astype("float32")
+    traced, eager = fn(x), model(x)
+    for key in ENDPOINTS:
+        np.testing.assert_allclose(np.asarray(traced[key]), np.asarray(eager[key]), atol=1e-5)
+    assert traced["c2"].shape[1:3] == tuple(
+        _expected_sizes(name, 33)["c2"] if i == 0 else _expected_sizes(name, 35)["c2"]
+        for i in range(2)
+    )
