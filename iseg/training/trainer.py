@@ -40,6 +40,18 @@ def enable_sync_bn(model):
     return n
 
 
+def _worker_index(strategy):
+    """Index of this worker among all workers (chief first), 0 without a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or not task_type:
+        return 0
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if task_type == "chief":
+        return 0
+    return int(resolver.task_id) + (1 if has_chief else 0)
+
+
 def _trackers(model):
     own = getattr(model, "_loss_tracker", None)
     return [m for m in model.metrics
@@ -110,12 +122,36 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
     latest = tf.train.latest_checkpoint(os.path.join(cfg.model_dir, ckpt_lib.CKPT_DIR))
     start_guess = int(latest.rsplit("-", 1)[-1]) if latest else 0
     seed = cfg.seed if (cfg.checkpoint_input or start_guess == 0) else cfg.seed + start_guess
-    dist_ds = strategy.distribute_datasets_from_function(
-        lambda ctx: train_dataset_fn(ctx, seed))
-    iterator = iter(dist_ds)
+    # Each worker reads its own shard with a plain (checkpointable) iterator over
+    # per-worker batches and splits them over its local replicas inside the step.
+    local_replicas = max(1, len(getattr(strategy.extended, "worker_devices", [None])))
+    num_workers = max(1, replicas // local_replicas)
+    worker_index = _worker_index(strategy)
+    per_replica = cfg.batch_size // replicas
+    is_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+    if is_tpu:  # TPU input must come from the strategy; its iterator is not saved
+        iterator = iter(strategy.distribute_datasets_from_function(
+            lambda ctx: train_dataset_fn(ctx, seed)))
+    else:
+        ctx = tf.distribute.InputContext(num_input_pipelines=num_workers,
+                                         input_pipeline_id=worker_index,
+                                         num_replicas_in_sync=num_workers)
+        with tf.device("/cpu:0"):
+            iterator = iter(train_dataset_fn(ctx, seed))
+
+    def split(batch):
+        if is_tpu or replicas == 1:
+            return batch
+
+        def value_fn(value_ctx):
+            local = value_ctx.replica_id_in_sync_group - worker_index * local_replicas
+            return tf.nest.map_structure(
+                lambda t: t[local * per_replica:(local + 1) * per_replica], batch)
+        return strategy.experimental_distribute_values_from_function(value_fn)
+
     checkpointer = ckpt_lib.TrainCheckpointer(
         cfg.model_dir, model=model, optimizer=optimizer,
-        iterator=iterator if cfg.checkpoint_input else None, keep=cfg.keep_checkpoints,
+        iterator=iterator if (cfg.checkpoint_input and not is_tpu) else None, keep=cfg.keep_checkpoints,
         is_chief=is_chief, task_id=task_id)
     checkpointer.restore_latest()
     step = int(optimizer.iterations.numpy())
@@ -138,7 +174,7 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
         for m in trackers:
             m.reset_state()
         for _ in range(accum):
-            x, y = next(it)
+            x, y = split(next(it))
             strategy.run(replica_step, args=(x, y))
         return {m.name: m.result() for m in trackers}
 
