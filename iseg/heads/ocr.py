@@ -77,7 +77,7 @@ class OCRHead(Head):
         self.region_conv = ConvBNAct(
             width, 3, name="region_conv", dtype=self.dtype_policy, **self.norm_kwargs
         )
-        self.built = True
+        super().build(input_shape)
 
     def call(self, endpoints, training=None):
         region = self.region_conv(

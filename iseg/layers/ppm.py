@@ -7,6 +7,7 @@ overlap when `L` is not a multiple of `b`. It is computed as two small averaging
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from iseg.layers.conv_bn_act import ConvBNAct
@@ -15,6 +16,12 @@ from iseg.ops import resize, spatial_shape
 
 def _bin_matrix(length, bins, dtype):
     """[bins, length] matrix whose row i averages the positions of adaptive bin i."""
+    if isinstance(length, int):  # static size: a constant
+        weights = np.zeros((bins, length), "float32")
+        for i in range(bins):
+            start, end = (i * length) // bins, -((-(i + 1) * length) // bins)
+            weights[i, start:end] = 1.0 / (end - start)
+        return ops.convert_to_tensor(weights, dtype)
     idx = ops.arange(bins)
     start = (idx * length) // bins
     end = ((idx + 1) * length + bins - 1) // bins
@@ -91,7 +98,10 @@ class PPM(keras.layers.Layer):
         outs = [x] if self.include_input else []
         for b, conv in zip(self.bins, self.branch_convs):
             y = conv(adaptive_avg_pool2d(x, b), training=training)
-            outs.append(resize(y, size, "bilinear", self.align_corners))
+            if b == 1:  # bilinear upsampling of a 1x1 map is a broadcast
+                outs.append(y * ops.ones_like(x[..., :1]))
+            else:
+                outs.append(resize(y, size, "bilinear", self.align_corners))
         return ops.concatenate(outs, axis=-1)
 
     def compute_output_shape(self, input_shape):
