@@ -46,8 +46,8 @@ class SegmentationModel(keras.Model):
       align_corners: resize convention for logits and labels.
       l2_weight_decay: coefficient of `sum(w**2)` over every conv/dense kernel added to the
         loss (the original recipe); 0 for optimizers with decoupled weight decay.
-      normalization: input normalisation the backbone expects ("minus_one_to_one",
-        "imagenet" or "caffe"); defaults to what `backbone_weights` were trained with.
+      normalization: input normalisation the backbone expects ("minus_one_to_one" or
+        "imagenet"); defaults to what the backbone's weights were trained with.
     """
 
     def __init__(
