@@ -124,7 +124,10 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
     seed = cfg.seed if (cfg.checkpoint_input or start_guess == 0) else cfg.seed + start_guess
     # Each worker reads its own shard with a plain (checkpointable) iterator over
     # per-worker batches and splits them over its local replicas inside the step.
-    local_replicas = max(1, len(getattr(strategy.extended, "worker_devices", [None])))
+    try:
+        local_replicas = max(1, len(strategy.extended.worker_devices))
+    except RuntimeError:  # the default strategy has no device list
+        local_replicas = 1
     num_workers = max(1, replicas // local_replicas)
     worker_index = _worker_index(strategy)
     per_replica = cfg.batch_size // replicas
