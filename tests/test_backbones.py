@@ -103,6 +103,10 @@ def test_d8_on_513_gives_65_and_reference_channels():
         "stem": (None, 257, 257, 128), "c2": (None, 129, 129, 256),
         "c3": (None, 65, 65, 512), "c4": (None, 65, 65, 1024), "c5": (None, 65, 65, 2048),
     }
+    even = build_backbone("resnet50_d8", input_shape=(512, 512, 3), depths=(2, 2, 2, 3))
+    assert [tuple(even.output[k].shape[1:3]) for k in ENDPOINTS] == [
+        (256, 256), (128, 128), (64, 64), (64, 64), (64, 64)
+    ]
     small = build_backbone("resnet50_d8", **TINY["resnet50_d8"])
     assert tuple(small(np.zeros((1, 65, 65, 3), "float32"))["c5"].shape[1:3]) == (9, 9)
 
