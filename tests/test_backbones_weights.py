@@ -303,6 +303,18 @@ def test_timm_swin_layouts(tmp_path, old_layout):
     # the window size comes from the relative position table of the file
     model = _check_round_trip(tmp_path, "swin_tiny", src, _timm_swin(src, old_layout), **tiny)
     assert model.get_layer("stage1_block1").window_size == 3
+    if old_layout:
+        return
+    # segmentation variant: extra per-endpoint norms, new (identity) on top of the file
+    normed = build_backbone(
+        "swin_tiny", weights=tmp_path / "m.safetensors", out_norms=True, **tiny
+    )
+    x = np.random.default_rng(7).normal(size=(1, 32, 32, 3)).astype("float32")
+    a, b = src(x), normed(x)
+    np.testing.assert_allclose(np.asarray(a["c5"]), np.asarray(b["c5"]), atol=1e-5)
+    raw = np.asarray(a["c3"])
+    mu, var = raw.mean(-1, keepdims=True), raw.var(-1, keepdims=True)
+    np.testing.assert_allclose((raw - mu) / np.sqrt(var + 1e-5), np.asarray(b["c3"]), atol=1e-4)
 
 
 # ------------------------------------------------------------------------- errors

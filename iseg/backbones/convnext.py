@@ -137,6 +137,7 @@ def build_convnext(
     layer_scale_init=1e-6,
     ln_epsilon=1e-6,
     final_norm=True,
+    out_norms=False,
     name="convnext",
 ):
     """Functional ConvNeXt returning {"stem", "c2", "c3", "c4", "c5"}.
@@ -144,6 +145,9 @@ def build_convnext(
     "stem" is the OS4 patchify output (ConvNeXt has no OS2 feature); c2..c5 are the four
     stage outputs at OS4, 8, 16 and 32. `final_norm` applies the last LayerNorm to c5, as
     keras.applications' ConvNeXt without top does (timm: the `head.norm` weights).
+    `out_norms` adds a LayerNorm to every endpoint c2..c4 as well (the segmentation
+    variant of the paper; these new norms start at identity and are not in classification
+    checkpoints).
     """
     if size not in CONVNEXT_SIZES:
         raise ValueError(f"ConvNeXt size must be one of {sorted(CONVNEXT_SIZES)}, got {size!r}")
@@ -167,7 +171,10 @@ def build_convnext(
                 name=f"stage{i + 1}_block{j + 1}",
             )(x)
             k += 1
-        if i == 3 and final_norm:
+        if i == 3 and (final_norm or out_norms):
             x = _ln(ln_epsilon, None, "norm")(x)
+        elif out_norms:
+            endpoints[f"c{i + 2}"] = _ln(ln_epsilon, None, f"out_norm{i + 1}")(x)
+            continue
         endpoints[f"c{i + 2}"] = x
     return keras.Model(inputs, endpoints, name=name)

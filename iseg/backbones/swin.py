@@ -277,6 +277,7 @@ def build_swin(
     mlp_ratio=4.0,
     drop_path_rate=0.0,
     final_norm=True,
+    out_norms=False,
     ln_epsilon=1e-5,
     name="swin",
 ):
@@ -284,7 +285,9 @@ def build_swin(
 
     "stem" is the OS4 patch embedding; c2..c5 are the stage outputs (C, 2C, 4C, 8C at OS4,
     8, 16, 32); `final_norm` applies the model's last LayerNorm to c5 (timm's
-    `forward_features`).
+    `forward_features`). `out_norms` adds a LayerNorm to every endpoint c2..c4 as well
+    (as the segmentation code of the paper; these start at identity and are not in
+    classification checkpoints).
     """
     if size not in SWIN_SIZES:
         raise ValueError(f"Swin size must be one of {sorted(SWIN_SIZES)}, got {size!r}")
@@ -317,7 +320,12 @@ def build_swin(
                 name=f"stage{i + 1}_block{j + 1}",
             )(x)
             k += 1
-        if i == 3 and final_norm:
+        if i == 3 and (final_norm or out_norms):
             x = keras.layers.LayerNormalization(epsilon=ln_epsilon, name="norm")(x)
+        elif out_norms:
+            endpoints[f"c{i + 2}"] = keras.layers.LayerNormalization(
+                epsilon=ln_epsilon, name=f"out_norm{i + 1}"
+            )(x)
+            continue
         endpoints[f"c{i + 2}"] = x
     return keras.Model(inputs, endpoints, name=name)
