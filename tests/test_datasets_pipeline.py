@@ -37,91 +37,125 @@ def _make(tmp, sizes, split="train", num_shards=1, seed=0, out="out"):
 # ----------------------------------------------------------------------------- sampling
 
 
-def _oracle_crop(image, label, scaled, offset, crop, flip):
-    """Align-corners resize to `scaled`, pad bottom/right, crop, flip: explicit loops."""
-    h, w = image.shape[:2]
-    sh, sw = scaled
-    ch, cw = crop
-    out = np.zeros((ch, cw, 3))
-    lab = np.full((ch, cw), 255)
-    for i in range(ch):
-        for j in range(cw):
-            y, x = offset[0] + i, offset[1] + j
-            if y >= sh or x >= sw:
-                continue
-            sy = y * (h - 1) / max(sh - 1, 1)
-            sx = x * (w - 1) / max(sw - 1, 1)
-            y0, x0 = int(np.floor(sy)), int(np.floor(sx))
-            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
-            fy, fx = sy - y0, sx - x0
-            out[i, j] = ((1 - fy) * (1 - fx) * image[y0, x0] + (1 - fy) * fx * image[y0, x1]
-                         + fy * (1 - fx) * image[y1, x0] + fy * fx * image[y1, x1])
-            lab[i, j] = label[min(int(np.floor(sy + 0.5)), h - 1), min(int(np.floor(sx + 0.5)), w - 1)]
+def _oracle_block(image, label, start, size, out, flip):
+    """Align-corners resampling of a source window, explicit loops (float64)."""
+    (y0, x0), (ly, lx), (oh, ow) = start, size, out
+    win = image[y0:y0 + ly, x0:x0 + lx].astype(np.float64)
+    lwin = label[y0:y0 + ly, x0:x0 + lx]
+    img = np.zeros((oh, ow, 3))
+    lab = np.zeros((oh, ow), np.int64)
+    for i in range(oh):
+        sy = i * (ly - 1) / max(oh - 1, 1)
+        for j in range(ow):
+            sx = j * (lx - 1) / max(ow - 1, 1)
+            a, b = int(np.floor(sy)), int(np.floor(sx))
+            c, d = min(a + 1, ly - 1), min(b + 1, lx - 1)
+            fy, fx = sy - a, sx - b
+            img[i, j] = ((1 - fy) * (1 - fx) * win[a, b] + (1 - fy) * fx * win[a, d]
+                         + fy * (1 - fx) * win[c, b] + fy * fx * win[c, d])
+            lab[i, j] = lwin[min(int(np.floor(sy + 0.5)), ly - 1), min(int(np.floor(sx + 0.5)), lx - 1)]
     if flip:
-        out, lab = out[:, ::-1], lab[:, ::-1]
-    return out, lab
+        img, lab = img[:, ::-1], lab[:, ::-1]
+    return img, lab
 
 
 @pytest.mark.parametrize(
-    "scaled,offset,flip",
-    [((13, 17), (0, 0), False), ((13, 17), (5, 7), True), ((4, 5), (0, 0), True),
-     ((7, 9), (1, 0), False), ((10, 6), (3, 0), True)],
+    "start,size,out,flip",
+    [((0, 0), (7, 9), (13, 17), False), ((1, 2), (4, 5), (8, 10), True),
+     ((0, 0), (7, 9), (4, 5), True), ((2, 3), (5, 6), (5, 6), False), ((3, 1), (1, 7), (1, 12), True)],
 )
-def test_sample_crop_matches_oracle(scaled, offset, flip):
+def test_crop_block_matches_oracle(start, size, out, flip):
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, size=(7, 9, 3)).astype(np.uint8)
-    label = rng.integers(0, 5, size=(7, 9, 1))
-    crop = (8, 10)
-    out, lab, valid = augment.sample_crop(
-        tf.constant(image), tf.constant(label), tf.constant(scaled), offset, crop,
-        tf.constant(flip))
-    ref_img, ref_lab = _oracle_crop(image.astype(np.float64), label[..., 0], scaled, offset,
-                                    crop, flip)
-    np.testing.assert_allclose(out.numpy(), ref_img, atol=1e-3)
+    label = rng.integers(0, 5, size=(7, 9))
+    img, lab = augment.crop_block(tf.constant(image), tf.constant(label), start, size, out,
+                                  tf.constant(flip))
+    ref_img, ref_lab = _oracle_block(image, label, start, size, out, flip)
+    np.testing.assert_allclose(img.numpy(), ref_img, atol=1e-2)
     np.testing.assert_array_equal(lab.numpy(), ref_lab)
-    np.testing.assert_array_equal(valid.numpy(), ref_lab != 255)
 
 
-def test_sample_crop_matches_tf_align_corners_resize():
+def test_view_that_fits_equals_resize_pad_crop_flip():
+    """When the scaled image fits in the crop the view is exactly: align-corners resize of
+    the whole image, pad bottom/right (mean / 255), flip the crop."""
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, size=(11, 14, 3)).astype(np.uint8)
-    label = rng.integers(0, 5, size=(11, 14, 1)).astype(np.int32)
-    scaled, crop, offset = (21, 27), (16, 16), (3, 9)
-    ref = tf.compat.v1.image.resize_bilinear(
-        tf.cast(image[None], tf.float32), scaled, align_corners=True)[0]
-    ref_lab = tf.compat.v1.image.resize_nearest_neighbor(label[None], scaled, align_corners=True)[0]
-    out, lab, _ = augment.sample_crop(tf.constant(image), tf.constant(label),
-                                      tf.constant(scaled), offset, crop, None)
-    y, x = offset
-    np.testing.assert_allclose(out.numpy(), ref.numpy()[y:y + 16, x:x + 16], atol=1e-3)
-    np.testing.assert_array_equal(lab.numpy(), ref_lab.numpy()[y:y + 16, x:x + 16, 0])
+    label = rng.integers(0, 5, size=(11, 14)).astype(np.int32)
+    flips = set()
+    for k in range(8):
+        seed = tf.constant([k, 7], tf.int64)
+        img, lab, valid = augment.augment(tf.constant(image), tf.constant(label), seed, (40, 41),
+                                          scales=[1.5], brightness=False)
+        _, _, _, flip, _ = augment.random_view(tf.constant([11, 14]), seed, (40, 41), scales=[1.5])
+        flip = bool(flip)
+        flips.add(flip)
+        ref = tf.compat.v1.image.resize_bilinear(image[None], (16, 21), align_corners=True)[0]
+        ref_lab = tf.compat.v1.image.resize_nearest_neighbor(label[None, ..., None], (16, 21),
+                                                            align_corners=True)[0, ..., 0]
+        ref = np.pad(ref.numpy(), [[0, 24], [0, 20], [0, 0]])
+        ref_lab = np.pad(ref_lab.numpy(), [[0, 24], [0, 20]], constant_values=255)
+        if flip:
+            ref, ref_lab = ref[:, ::-1], ref_lab[:, ::-1]
+        np.testing.assert_allclose(img.numpy(), ref, atol=1e-3)
+        np.testing.assert_array_equal(lab.numpy(), ref_lab)
+        np.testing.assert_array_equal(valid.numpy(), ref_lab != 255)
+    assert flips == {True, False}
+
+
+def test_axis_view_of_a_large_scale():
+    """A scaled axis longer than the crop: a window of whole source pixels whose
+    align-corners step matches the scale, at every start position."""
+    n, crop, s = 37, 20, 1.75
+    scaled = round(n * s)
+    starts = set()
+    for u in np.linspace(0, 0.999, 200):
+        start, length, out = (int(v) for v in augment.axis_view(n, crop, s, tf.constant(u, tf.float32)))
+        assert out == crop and 0 <= start and start + length <= n
+        step, ref_step = (length - 1) / (crop - 1), (n - 1) / (scaled - 1)
+        assert abs(step - ref_step) <= 0.5 / (crop - 1) + 1e-9
+        starts.add(start)
+    assert starts == set(range(n - length + 1))
+    start, length, out = (int(v) for v in augment.axis_view(n, 80, s, tf.constant(0.3, tf.float32)))
+    assert (start, length, out) == (0, n, scaled)
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg"])
-def test_sample_crop_from_encoded_window(fmt):
-    """Decoding only the needed window (partial JPEG decode) gives the same crop as
+def test_crop_block_from_encoded_window(fmt):
+    """Decoding only the needed window (partial JPEG decode) gives the same block as
     decoding the whole image first."""
     rng = np.random.default_rng(3)
     base = np.kron(rng.integers(0, 256, size=(6, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
-    label = rng.integers(0, 5, size=(48, 64)).astype(np.int32)
+    label = tf.constant(rng.integers(0, 5, size=(48, 64)).astype(np.int32))
     if fmt == "png":
         encoded = tf.io.encode_png(base)
     else:
         encoded = tf.io.encode_jpeg(base, quality=95, chroma_downsampling=False)
     image = tf.io.decode_image(encoded, channels=3)
-    for scaled, offset, flip in (((96, 128), (40, 50), True), ((60, 80), (5, 0), False),
-                                 ((24, 32), (0, 0), True)):
-        ref = augment.sample_crop(image, tf.constant(label), tf.constant(scaled), offset,
-                                  (33, 35), tf.constant(flip))
-        got = augment.sample_crop(None, tf.constant(label), tf.constant(scaled), offset,
-                                  (33, 35), tf.constant(flip), encoded=encoded)
+    for start, size, out, flip in (((20, 30), (20, 24), (33, 35), True),
+                                   ((5, 0), (40, 50), (33, 35), False),
+                                   ((0, 0), (48, 64), (24, 32), True)):
+        ref = augment.crop_block(image, label, start, size, out, tf.constant(flip))
+        got = augment.crop_block(None, label, start, size, out, tf.constant(flip), encoded=encoded)
         np.testing.assert_array_equal(got[1].numpy(), ref[1].numpy())
-        np.testing.assert_array_equal(got[2].numpy(), ref[2].numpy())
         diff = np.abs(got[0].numpy() - ref[0].numpy())
         if fmt == "png":
             assert diff.max() < 1e-3
         else:  # libjpeg may round a few window-border pixels differently
             assert diff.mean() < 0.5 and diff.max() <= 8
+
+
+def test_normalisation_inside_augment_matches_normalize():
+    rng = np.random.default_rng(4)
+    image = tf.constant(rng.integers(0, 256, size=(30, 20, 3)).astype(np.uint8))
+    label = tf.zeros([30, 20], tf.int32)
+    for mode in ("minus_one_to_one", "imagenet"):
+        for k in range(6):
+            seed = tf.constant([k, 1], tf.int64)
+            raw, _, valid = augment.augment(image, label, seed, (25, 25), brightness=True)
+            got, _, _ = augment.augment(image, label, seed, (25, 25), brightness=True,
+                                        normalization=mode)
+            expected = np.where(valid.numpy()[..., None], normalize(raw, mode).numpy(), 0.0)
+            np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
 
 
 def test_scale_choices():

@@ -42,8 +42,8 @@ from iseg.datasets import info as info_lib
 from iseg.datasets import tfrecord
 from iseg.datasets.specs import IGNORE_LABEL, get_dataset_spec
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+IMAGENET_MEAN = augment_lib.IMAGENET_MEAN
+IMAGENET_STD = augment_lib.IMAGENET_STD
 NORMALIZATIONS = ("minus_one_to_one", "imagenet")
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -225,7 +225,7 @@ def build_dataset(
                 ex.get("image"), label, element_seed, crop,
                 scale_range=scale_range, scale_step=scale_step, scales=scales, flip=flip,
                 brightness=brightness, photometric=photometric, encoded=ex.get("encoded"),
-                postprocess=lambda x: normalize(x, normalization),
+                normalization=normalization,
             )
             return img, lab
 
