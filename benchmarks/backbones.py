@@ -58,12 +58,12 @@ def parity(size):
             else:
                 ref.save_weights(path)
             model = build_backbone(name, weights=path)
-            if name.startswith("convnext"):
-                x = rng.uniform(0, 255, size=(2, size, size, 3)).astype("float32")
-                ours_in = (x / 255.0 - MEAN) / STD
-            else:
-                x = rng.normal(size=(2, size, size, 3)).astype("float32")
-                ours_in = x
+            # ours takes the ImageNet-normalised image; keras.applications takes 0..255
+            # (ConvNeXt normalises inside) or caffe-preprocessed BGR (ResNet)
+            x = rng.uniform(0, 255, size=(2, size, size, 3)).astype("float32")
+            ours_in = (x / 255.0 - MEAN) / STD
+            if name.startswith("resnet"):
+                x = keras.applications.resnet.preprocess_input(x.copy())
             want = np.asarray(ref(x))
             got = np.asarray(model(ours_in)["c5"])
             err = float(np.abs(want - got).max())
