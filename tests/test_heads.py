@@ -71,6 +71,7 @@ def _check_shapes(name, out, size, eps):
     assert tuple(out["feature"].shape[:3]) == (2, res, res)
     if name == "ocr":
         assert tuple(out["aux_logits"].shape) == (2, size, size, K)
+        assert build_head("ocr", K).provides_aux_logits
     else:
         assert "aux_logits" not in out
 

@@ -36,6 +36,8 @@ class OCRHead(Head):
 
     car_filters = 512
     car_pooling_rates = (2,)
+    #: The region logits play the auxiliary head's role (the model builds no fcn_aux).
+    provides_aux_logits = True
     #: The soft object regions are the aux output: the model adds no separate aux head.
     provides_aux_logits = True
 
