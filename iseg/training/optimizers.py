@@ -26,36 +26,40 @@ def no_decay_variables(variables):
 
 _STAGE_RE = re.compile(r"(?:stage|stages|layer|res)[_/]?(\d+)")
 _BLOCK_RE = re.compile(r"(?:block|blocks)[_/]?(\d+)")
+_DOWN_RE = re.compile(r"(?:downsample|merge|merging|patch_merging)[_/]?(\d+)")
 
 
 def layer_ids(model):
     """Layer index of every trainable variable for layer-wise LR decay (ConvNeXt / Swin).
 
     Backbone variables of stage s / block b get consecutive ids 1..L in (stage, block)
-    order; the stem / patch embedding gets 0; everything outside the backbone (heads) L+1.
-    Returns (dict var_key -> id, L).
+    order (a downsampling layer before stage s goes with that stage's first id); backbone
+    variables before the first stage (stem / patch embedding) get 0, those after the last
+    stage (final norm) L; everything outside the backbone (heads) L+1.
+    Returns (dict id(variable) -> layer id, L).
     """
     backbone = getattr(model, "backbone", None)
-    backbone_ids = {id(v) for v in (backbone.trainable_variables if backbone else [])}
-    found = {}
-    for v in model.trainable_variables:
-        if id(v) not in backbone_ids:
-            continue
-        stage = _STAGE_RE.search(v.path)
-        block = _BLOCK_RE.search(v.path)
+    backbone_vars = list(backbone.trainable_variables) if backbone is not None else []
+    keys = {}
+    for v in backbone_vars:
+        stage, block, down = (_STAGE_RE.search(v.path), _BLOCK_RE.search(v.path),
+                              _DOWN_RE.search(v.path))
         if stage:
-            found[id(v)] = (int(stage.group(1)), int(block.group(1)) if block else -1)
-    order = sorted(set(found.values()))
+            keys[id(v)] = (int(stage.group(1)), int(block.group(1)) if block else -1)
+        elif down:
+            keys[id(v)] = (int(down.group(1)) + 1, -1)
+    order = sorted(set(keys.values()))
     index = {key: i + 1 for i, key in enumerate(order)}
     num_layers = len(order)
-    ids = {}
-    for v in model.trainable_variables:
-        if id(v) in found:
-            ids[id(v)] = index[found[id(v)]]
-        elif id(v) in backbone_ids:
-            ids[id(v)] = 0
+    ids, seen_stage = {}, False
+    for v in backbone_vars:
+        if id(v) in keys:
+            ids[id(v)] = index[keys[id(v)]]
+            seen_stage = True
         else:
-            ids[id(v)] = num_layers + 1
+            ids[id(v)] = num_layers if seen_stage else 0
+    for v in model.trainable_variables:
+        ids.setdefault(id(v), num_layers + 1)
     return ids, num_layers
 
 
