@@ -72,7 +72,7 @@ def crop_block(image, label, start, size, out_size, flip=None, encoded=None):
       image: uint8/float [H, W, 3], or None when `encoded` (image bytes) is given.
       label: integer [H, W]; flip: bool tensor or None (mirror the window first).
     Returns:
-      image float32 [oh, ow, 3] (0..255), label int32 [oh, ow].
+      image float32 [oh, ow, 3] (0..255), label [oh, ow] (the label's dtype).
     """
     if encoded is not None:
         window = decode_window(encoded, start, size)
@@ -85,19 +85,20 @@ def crop_block(image, label, start, size, out_size, flip=None, encoded=None):
         # mirror the output order, not the window: ties (x.5) round the same way as
         # flipping a resized image
         cols = tf.cond(flip, lambda: tf.reverse(cols, [0]), lambda: cols)
-    block = tf.compat.v1.image.resize_bilinear(
-        window[None], tf.stack(out_size), align_corners=True, half_pixel_centers=False)[0]
+    block = tf.raw_ops.ResizeBilinear(
+        images=window[None], size=tf.stack(out_size), align_corners=True,
+        half_pixel_centers=False)[0]
     lab = tf.gather(lab, nearest_index(size[0], out_size[0]))
     lab = tf.transpose(tf.gather(tf.transpose(lab), cols))
-    return block, tf.cast(lab, tf.int32)
+    return block, lab
 
 
-def place(block, lab_block, crop_size, flip=None):
+def place(block, lab_block, crop_size, flip=None, with_valid=True):
     """Pad a (possibly already mirrored) valid block to the crop: image 0, label 255.
 
     Padding goes bottom/right, or bottom/left when `flip` -- the same as padding the whole
     scaled image bottom/right, cropping, and flipping the crop.
-    Returns (image [ch, cw, 3], label int32 [ch, cw], valid bool [ch, cw]).
+    Returns (image [ch, cw, 3], label int32 [ch, cw], valid bool [ch, cw] or None).
     """
     ch, cw = crop_size
     shape = tf.shape(lab_block)
@@ -106,8 +107,10 @@ def place(block, lab_block, crop_size, flip=None):
         pad_left = tf.where(flip, cw - shape[1], 0)
     pad_right = cw - shape[1] - pad_left
     out = _pad_concat(block, ch, pad_left, pad_right, 0.0)
-    lab = _pad_concat(lab_block, ch, pad_left, pad_right, 255)
-    valid = _pad_concat(tf.ones_like(lab_block, tf.bool), ch, pad_left, pad_right, False)
+    lab = tf.cast(_pad_concat(lab_block, ch, pad_left, pad_right, 255), tf.int32)
+    valid = None
+    if with_valid:
+        valid = _pad_concat(tf.ones_like(lab_block, tf.bool), ch, pad_left, pad_right, False)
     return tf.ensure_shape(out, [ch, cw, 3]), tf.ensure_shape(lab, [ch, cw]), valid
 
 
@@ -167,6 +170,7 @@ def augment(
     max_brightness_delta=32.0,
     encoded=None,
     normalization=None,
+    with_valid=True,
 ):
     """Random training view of one example.
 
@@ -174,9 +178,10 @@ def augment(
       image: uint8 [H, W, 3] (or None with `encoded` image bytes); label: integer
         [H, W] or [H, W, 1]; seed: int [2] stateless seed for this example.
       normalization: None (output 0..255) or a mode of `iseg.datasets.pipeline.normalize`.
+      with_valid: also return the valid-pixel mask (else None).
     Returns:
       (image float32 [ch, cw, 3] with 0 in padding, label int32 [ch, cw] with 255 in
-      padding, valid bool [ch, cw]).
+      padding, valid bool [ch, cw] or None).
     """
     if label.shape.rank == 3:
         label = label[..., 0]
@@ -196,7 +201,7 @@ def augment(
     elif brightness:
         block = tf.clip_by_value(block + brightness_delta(u, True, max_brightness_delta),
                                  0.0, 255.0)
-    return place(block, lab, crop_size, do_flip)
+    return place(block, lab, crop_size, do_flip, with_valid)
 
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)

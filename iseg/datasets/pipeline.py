@@ -225,7 +225,7 @@ def build_dataset(
                 ex.get("image"), label, element_seed, crop,
                 scale_range=scale_range, scale_step=scale_step, scales=scales, flip=flip,
                 brightness=brightness, photometric=photometric, encoded=ex.get("encoded"),
-                normalization=normalization,
+                normalization=normalization, with_valid=False,
             )
             return img, lab
 
