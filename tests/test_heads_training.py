@@ -69,3 +69,13 @@ print("JAX-OK", keras.backend.backend())
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )
     assert "JAX-OK jax" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["nl", "ocr", "upernet", "danet", "ccnet"])
+def test_heads_under_mixed_precision(name):
+    head = _head(name, use_car=True, car_filters=8, dtype="mixed_float16")
+    out = head(_endpoints(9), training=True)
+    assert keras.backend.standardize_dtype(out["logits"].dtype) == "float16"
+    for t in tf.nest.flatten(out):
+        assert np.isfinite(t.numpy().astype("float32")).all()
+    assert all(w.dtype == "float32" for w in head.weights)
