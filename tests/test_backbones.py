@@ -251,3 +251,19 @@ def test_traced_with_unknown_spatial_size(name):
         _expected_sizes(name, 33)["c2"] if i == 0 else _expected_sizes(name, 35)["c2"]
         for i in range(2)
     )
+
+
+def test_same_padding_equals_symmetric_on_odd_sizes_only():
+    # TF SAME (the original) pads bottom/right on even sizes; on odd sizes it is symmetric
+    from iseg.backbones import ResNetStem
+
+    sym = ResNetStem("deep", 4, padding="symmetric")
+    same = ResNetStem("deep", 4, padding="same")
+    for layer in (sym, same):
+        layer.build((None, None, None, 3))
+    same.set_weights(sym.get_weights())
+    rng = np.random.default_rng(8)
+    odd = rng.normal(size=(1, 33, 33, 3)).astype("float32")
+    even = rng.normal(size=(1, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(sym(odd)), np.asarray(same(odd)), atol=1e-5)
+    assert np.abs(np.asarray(sym(even)) - np.asarray(same(even))).max() > 1e-3
