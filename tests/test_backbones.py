@@ -158,7 +158,8 @@ def test_stride_in_1x1_option_moves_the_stride():
 @pytest.mark.parametrize("name", ["resnet50_d8", "convnext_tiny", "swin_tiny"])
 def test_keras_round_trip(name, tmp_path):
     keras.utils.set_random_seed(1)
-    model = build_backbone(name, drop_path_rate=0.1, **TINY[name])
+    extra = {"input_convention": "caffe"} if name.startswith("resnet") else {}
+    model = build_backbone(name, drop_path_rate=0.1, **extra, **TINY[name])
     x = np.random.default_rng(1).normal(size=(1, 33, 33, 3)).astype("float32")
     before = model(x)
     path = tmp_path / f"{name}.keras"
