@@ -174,3 +174,9 @@ def test_nl_car_attention_is_residual_with_shared_init():
     att = head.attention
     assert att.residual and not att.scale and att.key_filters == 4
     assert att.value_conv.filters == 16
+    # q and k start identical however the head is built (eagerly, or in a functional model
+    # where Keras defers variable creation).
+    for built in (head, _model(_head("nl")).layers[-1]):
+        q, k = built.attention.query_conv, built.attention.key_conv
+        np.testing.assert_array_equal(q.kernel.numpy(), k.kernel.numpy())
+        assert np.abs(q.kernel.numpy()).max() > 0

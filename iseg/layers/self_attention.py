@@ -14,6 +14,7 @@ Attention logits and softmax are computed in float32 (mixed-precision safe).
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from iseg.ops import spatial_shape
@@ -39,6 +40,34 @@ def dot_product_attention(query, key, value, scale=False):
         logits = logits / ops.sqrt(ops.cast(query.shape[-1], "float32"))
     attention = ops.softmax(logits, axis=-1)
     return ops.cast(ops.einsum("npq,nqc->npc", attention, ops.cast(value, "float32")), dtype)
+
+
+@keras.saving.register_keras_serializable(package="iseg")
+class SharedGlorotUniform(keras.initializers.Initializer):
+    """Glorot-uniform values drawn once (NumPy's global generator, which
+    `keras.utils.set_random_seed` seeds) and returned to every later call, so all the
+    variables it initialises start identical. Works where Keras defers variable creation
+    (symbolic builds), where copying values with `assign` would be lost."""
+
+    def __init__(self):
+        self._value = None
+
+    def __call__(self, shape, dtype=None):
+        shape = tuple(int(d) for d in shape)
+        if self._value is None:
+            receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+            fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            self._value = np.random.uniform(-limit, limit, shape).astype("float32")
+        elif self._value.shape != shape:
+            raise ValueError(
+                f"SharedGlorotUniform: shape {shape} differs from the first call's "
+                f"{self._value.shape}"
+            )
+        return ops.convert_to_tensor(self._value, dtype=dtype)
+
+    def get_config(self):
+        return {}
 
 
 @keras.saving.register_keras_serializable(package="iseg")
@@ -80,14 +109,16 @@ class SelfAttention(keras.layers.Layer):
             )
         conv = dict(kernel_size=1, use_bias=True, dtype=self.dtype_policy)
         key_filters = self.key_filters or max(channels // 8, 1)
-        self.query_conv = keras.layers.Conv2D(key_filters, name="query_conv", **conv)
-        self.key_conv = keras.layers.Conv2D(key_filters, name="key_conv", **conv)
+        qk_init = SharedGlorotUniform() if self.shared_init else "glorot_uniform"
+        self.query_conv = keras.layers.Conv2D(
+            key_filters, kernel_initializer=qk_init, name="query_conv", **conv
+        )
+        self.key_conv = keras.layers.Conv2D(
+            key_filters, kernel_initializer=qk_init, name="key_conv", **conv
+        )
         self.value_conv = keras.layers.Conv2D(value_filters, name="value_conv", **conv)
         for layer in (self.query_conv, self.key_conv, self.value_conv):
             layer.build(input_shape)
-        if self.shared_init:
-            self.key_conv.kernel.assign(self.query_conv.kernel)
-            self.key_conv.bias.assign(self.query_conv.bias)
         self.built = True
 
     def attend(self, x):
