@@ -85,9 +85,14 @@ def crop_block(image, label, start, size, out_size, flip=None, encoded=None):
         # mirror the output order, not the window: ties (x.5) round the same way as
         # flipping a resized image
         cols = tf.cond(flip, lambda: tf.reverse(cols, [0]), lambda: cols)
-    block = tf.raw_ops.ResizeBilinear(
-        images=window[None], size=tf.stack(out_size), align_corners=True,
-        half_pixel_centers=False)[0]
+    same = tf.logical_and(tf.equal(size[0], out_size[0]), tf.equal(size[1], out_size[1]))
+    block = tf.cond(  # scale 1 (or a crop at scale 1): the resize is the identity
+        same,
+        lambda: tf.cast(window, tf.float32),
+        lambda: tf.raw_ops.ResizeBilinear(
+            images=window[None], size=tf.stack(out_size), align_corners=True,
+            half_pixel_centers=False)[0],
+    )
     lab = tf.gather(lab, nearest_index(size[0], out_size[0]))
     lab = tf.transpose(tf.gather(tf.transpose(lab), cols))
     return block, lab
