@@ -6,7 +6,7 @@ import tensorflow as tf
 import keras
 
 from iseg.heads import build_head
-from test_heads import K, MAIN_HEADS, OPTIONS, _endpoints, _head, _model
+from test_heads import K, MAIN_HEADS, _endpoints, _head, _model
 
 
 @pytest.mark.parametrize("name", MAIN_HEADS + ["fcn_aux"])

@@ -10,7 +10,7 @@ import tensorflow as tf
 import keras
 
 from iseg.heads import build_head
-from test_heads import K, MAIN_HEADS, OPTIONS, _endpoints, _head, _model
+from test_heads import K, MAIN_HEADS, OPTIONS, _endpoints, _head
 
 
 # Softmax attention is invariant to a key bias (it shifts every logit of a query by the same
