@@ -121,3 +121,17 @@ def test_round_trip(tmp_path):
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
     assert loaded.layers[1].get_config() == model.layers[1].get_config()
     assert isinstance(loaded.layers[1].gate_row, ChannelGate)
+
+
+@pytest.mark.parametrize("group_size", [None, 2])
+def test_mixed_precision(group_size):
+    x = np.random.default_rng(4).normal(size=(1, 5, 6, 3)).astype("float32")
+    ref = small_layer(group_size)
+    ref.build(x.shape)
+    mixed = small_layer(group_size, dtype="mixed_float16")
+    mixed.build(x.shape)
+    mixed.set_weights(ref.get_weights())
+    y = mixed(x, training=False)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    y_ref = ref(x, training=False).numpy()
+    np.testing.assert_allclose(np.asarray(y, "float32"), y_ref, atol=2e-2 * np.abs(y_ref).max())

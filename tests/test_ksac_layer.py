@@ -87,3 +87,17 @@ def test_bad_arguments():
         KernelSharingASPP(fusion="max")
     with pytest.raises(ValueError, match="rates"):
         KernelSharingASPP(rates=())
+
+
+def test_mixed_precision():
+    x = np.random.default_rng(5).normal(size=(1, 9, 9, CIN)).astype("float32")
+    ref = KernelSharingASPP(F, RATES)
+    ref.build(x.shape)
+    mixed = KernelSharingASPP(F, RATES, dtype="mixed_float16")
+    mixed.build(x.shape)
+    mixed.set_weights(ref.get_weights())
+    assert keras.backend.standardize_dtype(mixed.shared_kernel.dtype) == "float32"
+    y = mixed(x, training=False)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    y_ref = ref(x, training=False).numpy()
+    np.testing.assert_allclose(np.asarray(y, "float32"), y_ref, atol=2e-2 * np.abs(y_ref).max())
