@@ -64,6 +64,16 @@ def test_head_in_model_shapes_terms_and_gradients(head, car):
     expected = {"ce", "aux"} | ({"car_intra", "car_inter_c2c", "car_inter_c2p"} if car else set())
     assert set(terms) == expected
     assert all(np.isfinite(float(v)) for v in terms.values())
+    if car:
+        from iseg.losses.car import car_multi_rate_losses
+
+        features = [out["feature"], *out.get("extra_features", [])]
+        assert len(features) == (2 if head == "danet" else 1)
+        expected_intra = sum(
+            float(car_multi_rate_losses(f, y, 4, model.head.car_pooling_rates)["intra"])
+            for f in features
+        )
+        assert float(terms["car_intra"]) == pytest.approx(expected_intra, rel=1e-5)
     grads = tape.gradient(loss, model.trainable_weights)
     missing = [w.path for w, g in zip(model.trainable_weights, grads) if g is None]
     assert not missing, f"no gradient reaches {missing}"

@@ -147,6 +147,8 @@ class SegmentationModel(keras.Model):
         if not training:
             return logits
         result = {"logits": logits, "feature": out["feature"]}
+        if out.get("extra_features"):
+            result["extra_features"] = list(out["extra_features"])
         if "aux_logits" in out:
             result["aux_logits"] = self._upsample(out["aux_logits"], size)
         elif self.aux_head is not None:
@@ -181,17 +183,20 @@ class SegmentationModel(keras.Model):
         if training and self.car is not None and "feature" in outputs:
             from iseg.losses.car import car_multi_rate_losses
 
-            feature = ops.cast(outputs["feature"], "float32")
-            car = car_multi_rate_losses(
-                feature,
-                labels,
-                num_classes=self.num_classes,
-                pooling_rates=self.head.car_pooling_rates,
-                ignore_label=self.ignore_label,
-                align_corners=self.align_corners,
-                **self._car_loss_options,
-            )
-            terms.update({f"car_{name}": value for name, value in car.items()})
+            # One CAR block per head feature (DANet has one per branch): terms add up.
+            for feature in [outputs["feature"], *outputs.get("extra_features", [])]:
+                car = car_multi_rate_losses(
+                    ops.cast(feature, "float32"),
+                    labels,
+                    num_classes=self.num_classes,
+                    pooling_rates=self.head.car_pooling_rates,
+                    ignore_label=self.ignore_label,
+                    align_corners=self.align_corners,
+                    **self._car_loss_options,
+                )
+                for name, value in car.items():
+                    key = f"car_{name}"
+                    terms[key] = terms[key] + value if key in terms else value
         if training and self.l2_weight_decay > 0:
             kernels = [
                 w for w in self.trainable_weights if w.path.split("/")[-1].endswith("kernel")
