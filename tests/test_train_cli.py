@@ -61,15 +61,29 @@ def test_train_cli_writes_everything_under_model_dir(trained):
     assert 0.0 <= results["miou"] <= 1.0
 
 
+def _in_process(module, argv):
+    """Run a CLI's `run(argv)` in this process (saves a TensorFlow start-up)."""
+    from absl import flags
+
+    try:
+        return module.run(argv)
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
 def test_evaluate_cli_multiscale_flip_confusion_and_pngs(trained):
+    from iseg.cli import evaluate
+
     root, cfg, model_dir, _ = trained
-    r = _run(["-m", "iseg.cli.evaluate", f"--flagfile={cfg}", f"--model_dir={model_dir}",
-              "--eval_scales=0.75,1.0", "--eval_flip", "--save_confusion",
-              "--save_predictions=2", "--eval_mode=slide", "--eval_crop_size=24,24"], cwd=root)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "mIoU" in r.stdout
+    scores = _in_process(evaluate, [
+        "evaluate", f"--flagfile={cfg}", f"--model_dir={model_dir}", "--eval_scales=0.75,1.0",
+        "--eval_flip", "--save_confusion", "--save_predictions=2", "--eval_mode=slide",
+        "--eval_crop_size=24,24"])
     res = json.loads((model_dir / "eval" / "val_results.json").read_text())
+    assert res["miou"] == pytest.approx(scores["miou"])
     assert res["inference"]["scales"] == [0.75, 1.0] and res["inference"]["flip"]
+    assert res["inference"]["mode"] == "slide"
+    assert "mIoU" in (model_dir / "eval" / "val_results.txt").read_text()
     cm = np.load(model_dir / "eval" / "val_confusion.npy")
     assert cm.sum() == res["num_pixels"] == 4 * 40 * 40  # shapes has no ignored pixels
     pngs = sorted(os.listdir(model_dir / "eval" / "predictions_val"))
@@ -79,6 +93,8 @@ def test_evaluate_cli_multiscale_flip_confusion_and_pngs(trained):
 
 
 def test_predict_cli_from_model_dir(trained):
+    from iseg.cli import predict
+
     root, _, model_dir, _ = trained
     inp = root / "inputs"
     inp.mkdir(exist_ok=True)
@@ -86,9 +102,8 @@ def test_predict_cli_from_model_dir(trained):
     for name, size in (("a", (30, 41)), ("b", (20, 20))):
         Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(inp / f"{name}.png")
     out = root / "pred"
-    r = _run(["-m", "iseg.cli.predict", f"--model={model_dir}", f"--input={inp}",
-              f"--output={out}"], cwd=root)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _in_process(predict, ["predict", f"--model={model_dir}", f"--input={inp}",
+                          f"--output={out}"])
     assert sorted(os.listdir(out)) == ["a.png", "a_overlay.jpg", "b.png", "b_overlay.jpg"]
     lab = Image.open(out / "a.png")
     assert lab.mode == "P" and lab.size == (41, 30)
@@ -96,12 +111,16 @@ def test_predict_cli_from_model_dir(trained):
     assert Image.open(out / "a_overlay.jpg").size == (41, 30)
 
 
-def test_checkpoint_from_a_different_model_names_the_variables(trained):
+def test_checkpoint_from_a_different_model_names_the_variables(trained, capsys):
+    from iseg.cli import evaluate
+
     root, cfg, model_dir, _ = trained
-    r = _run(["-m", "iseg.cli.evaluate", f"--flagfile={cfg}", f"--model_dir={model_dir}",
-              "--head_options=channels=8"], cwd=root)
-    assert r.returncode == 1
-    errors = [l for l in r.stderr.splitlines() if l.startswith("iseg.cli.evaluate: error:")]
-    assert len(errors) == 1, r.stderr[-3000:]
+    with pytest.raises(SystemExit) as e:
+        _in_process(evaluate, ["evaluate", f"--flagfile={cfg}", f"--model_dir={model_dir}",
+                               "--head_options=channels=8"])
+    assert e.value.code == 1
+    errors = [l for l in capsys.readouterr().err.splitlines()
+              if l.startswith("iseg.cli.evaluate: error:")]
+    assert len(errors) == 1
     assert "does not match the model" in errors[0]
     assert "different shapes" in errors[0] and " vs model (" in errors[0]

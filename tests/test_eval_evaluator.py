@@ -1,0 +1,77 @@
+"""Evaluator: scores equal a numpy oracle on padded batches; files; empty split."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from iseg.evaluation import Evaluator, write_results
+from iseg.training.errors import EmptyDatasetError
+
+K = 3
+
+
+def _model():
+    inp = keras.Input((None, None, 3))
+    model = keras.Model(inp, keras.layers.Conv2D(K, 1, name="cls")(inp))
+    model.get_layer("cls").set_weights([np.random.default_rng(0).normal(size=(1, 1, 3, K)),
+                                        np.zeros(K)])
+    return model
+
+
+def _dataset(n=5, batch=2):
+    rng = np.random.default_rng(1)
+    sizes = [(9, 7), (6, 11), (8, 8), (5, 5), (10, 4)][:n]
+    items = []
+    for i, (h, w) in enumerate(sizes):
+        img = rng.normal(size=(h, w, 3)).astype(np.float32)
+        lab = rng.integers(0, K, (h, w)).astype(np.int32)
+        lab[0, 0] = 255
+        items.append((img, lab, f"img_{i}.jpg"))
+
+    def gen():
+        for img, lab, name in items:
+            yield {"image": img, "height": img.shape[0], "width": img.shape[1],
+                   "filename": name}, lab
+
+    sig = ({"image": tf.TensorSpec([None, None, 3], tf.float32),
+            "height": tf.TensorSpec([], tf.int32), "width": tf.TensorSpec([], tf.int32),
+            "filename": tf.TensorSpec([], tf.string)}, tf.TensorSpec([None, None], tf.int32))
+    ds = tf.data.Dataset.from_generator(gen, output_signature=sig).padded_batch(
+        batch, padding_values=({"image": 0.0, "height": 0, "width": 0, "filename": ""}, 255))
+    return ds, items
+
+
+def test_scores_match_numpy_oracle_and_files_are_written(tmp_path):
+    model = _model()
+    ds, items = _dataset()
+    cm = np.zeros((K, K), np.int64)
+    for img, lab, _ in items:
+        pred = np.argmax(model(img[None]).numpy()[0], -1)
+        for t, p in zip(lab.ravel(), pred.ravel()):
+            if t != 255:
+                cm[t, p] += 1
+    ev = Evaluator(model, K, class_names=["x", "y", "z"], palette=[(1, 2, 3)] * K,
+                   denormalize_fn=lambda x: (np.asarray(x) + 1) * 127.5)
+    scores = ev.evaluate(ds, prediction_dir=str(tmp_path / "pred"), max_predictions=-1,
+                         num_samples=2)
+    np.testing.assert_array_equal(scores["confusion_matrix"], cm)
+    iou = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
+    assert scores["miou"] == pytest.approx(iou.mean())
+    assert scores["num_images"] == 5 and len(scores["samples"]) == 2
+    png = Image.open(tmp_path / "pred" / "img_1.png")
+    assert png.size == (11, 6) and png.mode == "P"
+    table = write_results(scores, str(tmp_path), name="val", save_confusion=True, step=3)
+    assert "mIoU" in table
+    record = json.loads((tmp_path / "val_results.json").read_text())
+    assert record["step"] == 3 and record["per_class_iou"]["y"] == pytest.approx(iou[1])
+    assert (tmp_path / "val_confusion.csv").read_text().startswith("gt\\pred,x,y,z")
+
+
+def test_empty_split_is_an_error():
+    ds, _ = _dataset()
+    with pytest.raises(EmptyDatasetError, match="'val' yielded no images"):
+        Evaluator(_model(), K).evaluate(ds.take(0))
