@@ -44,7 +44,7 @@ def test_shapes_and_composition(use_car):
 
 def test_jpu_variant_reads_c3_c4_c5():
     eps = endpoints()
-    eps["c4"] = eps["c4"]  # OS16 stand-in (5x5); c5 at "OS32" below
+    # c3 9x9 (OS8), c4 5x5 (OS16), c5 3x3 (OS32)
     eps["c5"] = np.random.default_rng(3).normal(size=(2, 3, 3, 7)).astype("float32")
     head = build_head("caa", 4, use_jpu=True, **SMALL)
     out = head(eps, training=True)
@@ -54,10 +54,10 @@ def test_jpu_variant_reads_c3_c4_c5():
         build_head("caa", 4, use_jpu=True, **SMALL)({"c4": eps["c4"], "c5": eps["c5"]})
 
 
-@pytest.mark.parametrize("use_jpu", [False, True])
-def test_round_trip(tmp_path, use_jpu):
+def test_round_trip(tmp_path):
+    use_jpu = True  # the fuller configuration (JPU, CAR, grouped CAA); keeps CI time low
     eps = endpoints(1)
-    eps["c5"] = eps["c5"][:, :3, :3] if use_jpu else eps["c5"]
+    eps["c5"] = eps["c5"][:, :3, :3]
     inputs = {k: keras.Input(v.shape[1:], name=k) for k, v in eps.items()}
     head = build_head("caa", 3, use_car=True, car_filters=5, use_jpu=use_jpu, group_size=2, **SMALL)
     model = keras.Model(inputs, head(inputs)["logits"])
