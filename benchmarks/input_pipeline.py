@@ -112,7 +112,8 @@ def main(argv):
         print(f"{'':>16}  {'images/s':>9}  {'images/CPU-s':>12}")
         for name, (wall, per_cpu) in results.items():
             print(f"{name:>16}  {wall:9.1f}  {per_cpu:12.1f}")
-        print(f"{'full / decode':>16}  {100 * full[0] / dec[0]:8.0f}%  {100 * full[1] / dec[1]:11.0f}%"
+        ratio = (100 * full[0] / dec[0], 100 * full[1] / dec[1])
+        print(f"{'full / decode':>16}  {ratio[0]:8.0f}%  {ratio[1]:11.0f}%"
               "   (target >= 70%)")
     finally:
         if tmp:

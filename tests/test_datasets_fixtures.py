@@ -7,7 +7,6 @@ import os
 import shutil
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from datasets_testutil import read_records

@@ -188,7 +188,7 @@ def test_augmentation_keeps_image_and_label_aligned(tmp_path):
                        scale_range=(0.5, 2.0), scale_step=0.25, flip=True, brightness=False,
                        seed=3)
     checked = padded = 0
-    for images, labels in ds.take(12):
+    for images, labels in ds.take(8):
         assert images.dtype == tf.float32 and labels.dtype == tf.int32
         assert images.shape == (2, 17, 19, 3) and labels.shape == (2, 17, 19)
         img = denormalize(images).numpy()
@@ -200,7 +200,7 @@ def test_augmentation_keeps_image_and_label_aligned(tmp_path):
             inner = _interior(lab[b])
             np.testing.assert_allclose(img[b][inner], PALETTE[lab[b][inner]], atol=0.05)
             checked += inner.sum()
-    assert checked > 0.3 * 12 * 2 * 17 * 19
+    assert checked > 0.3 * 8 * 2 * 17 * 19
     assert padded > 0
 
 
@@ -246,7 +246,7 @@ def test_deterministic_with_seed(tmp_path):
     def first(seed):
         ds = build_dataset(str(data), "train", training=True, batch_size=2, crop_size=(9, 9),
                            seed=seed, deterministic=True, photometric=True)
-        return [x.numpy() for x, _ in ds.take(4)]
+        return [x.numpy() for x, _ in ds.take(3)]
 
     a, b, c = first(5), first(5), first(6)
     for x, y in zip(a, b):

@@ -52,7 +52,8 @@ def _main(argv):
     from iseg import datasets  # pylint: disable=import-outside-toplevel
 
     if FLAGS.dataset is None:
-        raise app.UsageError(f"--dataset is required; valid: {', '.join(datasets.DATASETS.names())}")
+        raise app.UsageError(
+            f"--dataset is required; valid: {', '.join(datasets.DATASETS.names())}")
     if FLAGS.output_dir is None:
         raise app.UsageError("--output_dir is required")
     if FLAGS.dataset not in datasets.DATASETS:
@@ -60,9 +61,9 @@ def _main(argv):
             f"unknown --dataset={FLAGS.dataset}; valid: {', '.join(datasets.DATASETS.names())}"
         )
     if FLAGS.dataset == "shapes" and FLAGS.data_dir is None:
-        from iseg.datasets.synthetic import generate_shapes  # pylint: disable=import-outside-toplevel
+        from iseg.datasets import synthetic  # pylint: disable=import-outside-toplevel
 
-        info = generate_shapes(
+        info = synthetic.generate_shapes(
             FLAGS.output_dir, num_train=FLAGS.num_train, num_val=FLAGS.num_val,
             image_size=(FLAGS.image_size, FLAGS.image_size), seed=FLAGS.seed,
             num_shards=FLAGS.num_shards or 2, compression=FLAGS.compression,

@@ -10,9 +10,9 @@ from iseg.datasets.specs import DATASETS, IGNORE_LABEL, DatasetSpec, get_dataset
 
 def convert_dataset(*args, **kwargs):
     """See `iseg.datasets.convert.convert_dataset`."""
-    from iseg.datasets.convert import convert_dataset as _convert  # pylint: disable=import-outside-toplevel
+    from iseg.datasets import convert  # pylint: disable=import-outside-toplevel
 
-    return _convert(*args, **kwargs)
+    return convert.convert_dataset(*args, **kwargs)
 
 
 __all__ = [

@@ -46,7 +46,8 @@ COMPRESSIONS = ("NONE", "GZIP", "ZLIB")
 def compression_type(compression):
     c = (compression or "NONE").upper()
     if c not in COMPRESSIONS:
-        raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+        raise ValueError(
+            f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
     return "" if c == "NONE" else c
 
 
