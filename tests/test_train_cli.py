@@ -124,3 +124,21 @@ def test_checkpoint_from_a_different_model_names_the_variables(trained, capsys):
     assert len(errors) == 1
     assert "does not match the model" in errors[0]
     assert "different shapes" in errors[0] and " vs model (" in errors[0]
+
+
+def test_seeded_demo_runs_repeat_their_losses(trained):
+    """Same flags -> same first 20 losses with the real pipeline and the demo model."""
+    from iseg.training.config import TrainConfig
+    from iseg.training.trainer import train
+
+    root = trained[0]
+    losses = []
+    for run in ("r1", "r2"):
+        cfg = TrainConfig(model="demo_tiny", aux_weight=0.0, dataset="shapes",
+                          data_dir=str(root / "shapes"), model_dir=str(root / run),
+                          batch_size=1, steps=20, crop_size=(33, 33), optimizer="adam",
+                          lr=1e-3, checkpoint_every=100, evaluate_at_end=False,
+                          progress=False, seed=3)
+        losses.append(train(cfg)["losses"])
+    assert len(losses[0]) == 20
+    np.testing.assert_array_equal(losses[0], losses[1])

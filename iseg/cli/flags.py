@@ -169,7 +169,8 @@ def define_common_flags():
       "(default runs/<config name>).")
     d("list", "crop_size", ["513", "513"], "Training crop (and sliding window) height,width.")
     d("integer", "seed", 0, "Random seed (model init and data order).")
-    d("bool", "deterministic", False, "Deterministic ops and input pipeline (slower).")
+    d("bool", "deterministic", False, "Deterministic TF ops (slower on GPUs). The input "
+      "order is always deterministic for a given --seed.")
     # evaluation
     d("string", "eval_split", "val", "Split used for evaluation.")
     d("enum", "eval_mode", "whole", ["whole", "slide"], "Whole-image or sliding-window "

@@ -180,7 +180,9 @@ def make_train_dataset_fn(cfg, normalization):
         return build_dataset(
             cfg.data_dir, "train", training=True, batch_size=cfg.batch_size,
             crop_size=tuple(cfg.crop_size), normalization=normalization, seed=seed,
-            deterministic=cfg.deterministic, input_context=input_context, repeat=True,
+            # element order is always deterministic (cheap) so seeded runs repeat; the
+            # --deterministic flag adds deterministic TF ops (slower on GPUs)
+            deterministic=True, input_context=input_context, repeat=True,
             shuffle_buffer=cfg.shuffle_buffer, **pipeline_options(cfg))
     return fn
 
