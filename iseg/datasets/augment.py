@@ -120,12 +120,22 @@ def place(block, lab_block, crop_size, flip=None, with_valid=True):
 
 
 def _pad_concat(x, height, left, right, value):
-    """Pad bottom to `height` and left/right with constants (concat: faster than tf.pad)."""
+    """Pad bottom to `height` and left/right with constants (concat: faster than tf.pad;
+    skipped when there is nothing to pad, the common case for large scales)."""
     shape = tf.shape(x)
     tail = [] if x.shape.rank == 2 else [shape[2]]
     fill = lambda h, w: tf.fill(tf.stack([h, w] + tail), tf.cast(value, x.dtype))  # noqa: E731
-    rows = tf.concat([fill(shape[0], left), x, fill(shape[0], right)], axis=1)
-    return tf.concat([rows, fill(height - shape[0], left + shape[1] + right)], axis=0)
+    x = tf.cond(
+        left + right > 0,
+        lambda: tf.concat([fill(shape[0], left), x, fill(shape[0], right)], axis=1),
+        lambda: x,
+    )
+    width = shape[1] + left + right
+    return tf.cond(
+        height > shape[0],
+        lambda: tf.concat([x, fill(height - shape[0], width)], axis=0),
+        lambda: x,
+    )
 
 
 def choose_scale(u, scale_range, scale_step=None, scales=None):
