@@ -51,3 +51,20 @@ def test_round_trip(tmp_path):
     loaded = keras.saving.load_model(path)
     np.testing.assert_allclose(loaded(eps), model(eps), atol=1e-5)
     assert loaded.get_layer(head.name).get_config() == head.get_config()
+
+
+def test_trains_inside_segmentation_model_with_car():
+    from iseg.models.builder import build_model
+
+    tiny = dict(depths=(1, 1, 1, 1), widths=(8, 8, 8, 8), stem_width=8, output_stride=8)
+    model = build_model("ksac", "resnet18", 3, input_shape=(33, 33, 3), backbone_options=tiny,
+                        head_options=dict(channels=8, low_level_channels=4, rates=(1, 2)),
+                        car={}, aux_weight=0.0)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, size=(2, 33, 33, 3)).astype("float32")
+    y = rng.integers(0, 3, size=(2, 33, 33)).astype("int32")
+    logs = model.train_on_batch(x, y, return_dict=True)
+    for name in ("ce", "car_intra", "car_inter_c2c", "car_inter_c2p"):
+        assert np.isfinite(logs[name]) and logs[name] > 0, name
+    assert model.predict_on_batch(x).shape == (2, 33, 33, 3)
