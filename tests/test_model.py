@@ -115,3 +115,22 @@ def test_car_terms_match_functional_losses_and_train():
     model.compile(optimizer=keras.optimizers.SGD(1e-2))
     hist = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
     assert {"car_intra", "car_inter_c2c", "car_inter_c2p"} <= set(hist.history)
+
+
+def test_car_ema_centres_are_model_state(tmp_path):
+    head = ToyHead(3, use_car=True, car_filters=4)
+    model = SegmentationModel(toy_backbone(), head, num_classes=3, aux_weight=0,
+                              car={"use_ema_centers": True, "ema_decay": 0.5})
+    model.build((None, None, None, 3))
+    (buffer,) = model.car_loss.ema_centers
+    assert any(w is buffer for w in model.non_trainable_weights) and tuple(buffer.shape) == (3, 4)
+    before = np.asarray(buffer).copy()
+    x, y = batch()
+    model.compile(optimizer=keras.optimizers.SGD(1e-2))
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    after = np.asarray(buffer)
+    assert not np.allclose(before, after)
+    path = tmp_path / "ema.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_allclose(np.asarray(restored.car_loss.ema_centers[0]), after)

@@ -10,6 +10,7 @@ a metric: `ce`, `aux`, `car_intra`, `car_inter_c2c`, `car_inter_c2p`, `l2`).
 import keras
 from keras import ops
 
+from iseg.losses.car import CARLoss
 from iseg.losses.cross_entropy import pixel_cross_entropy
 from iseg.ops import resize, resize_labels, spatial_shape
 
@@ -100,7 +101,7 @@ class SegmentationModel(keras.Model):
 
         from iseg.heads import build_head
 
-        car_head, self._car_loss_options = _split_car_options(self.car)
+        car_head, car_loss_options = _split_car_options(self.car)
         if isinstance(head, str):
             self.head_name = head
             options = dict(self.head_options)
@@ -110,6 +111,18 @@ class SegmentationModel(keras.Model):
         else:
             self.head_name = None
             self.head = head
+        self.car_loss = None
+        if self.car is not None:
+            # float32 whatever the dtype policy: CAR is computed in full precision.
+            self.car_loss = CARLoss(
+                self.num_classes,
+                ignore_label=self.ignore_label,
+                pooling_rates=self.head.car_pooling_rates,
+                align_corners=self.align_corners,
+                dtype="float32",
+                name="car_loss",
+                **car_loss_options,
+            )
         self.aux_head = None
         if self.aux_weight > 0 and not getattr(self.head, "provides_aux_logits", False):
             self.aux_head = build_head("fcn_aux", self.num_classes, **self.aux_options)
@@ -136,7 +149,9 @@ class SegmentationModel(keras.Model):
         shape = tuple(input_shape)
         shape = (shape[0],) + tuple(64 if d is None else d for d in shape[1:3]) + shape[3:]
         spec = keras.KerasTensor(shape, dtype=self.compute_dtype)
-        self.compute_output_spec(spec, training=True)
+        out = self.compute_output_spec(spec, training=True)
+        if self.car_loss is not None:  # EMA centres, when enabled, are its weights
+            self.car_loss.build(out["feature"].shape)
         self.built = True
 
     def call(self, images, training=None):
@@ -180,20 +195,11 @@ class SegmentationModel(keras.Model):
         terms = {"ce": self._ce(labels, outputs["logits"])}
         if self.aux_weight > 0 and "aux_logits" in outputs:
             terms["aux"] = self.aux_weight * self._ce(labels, outputs["aux_logits"])
-        if training and self.car is not None and "feature" in outputs:
-            from iseg.losses.car import car_multi_rate_losses
-
-            # One CAR block per head feature (DANet has one per branch): terms add up.
+        if training and self.car_loss is not None and "feature" in outputs:
+            # One CAR block per head feature (DANet has one per branch): terms add up
+            # (with EMA centres on, the blocks share the centre buffer).
             for feature in [outputs["feature"], *outputs.get("extra_features", [])]:
-                car = car_multi_rate_losses(
-                    ops.cast(feature, "float32"),
-                    labels,
-                    num_classes=self.num_classes,
-                    pooling_rates=self.head.car_pooling_rates,
-                    ignore_label=self.ignore_label,
-                    align_corners=self.align_corners,
-                    **self._car_loss_options,
-                )
+                car = self.car_loss(ops.cast(feature, "float32"), labels)
                 for name, value in car.items():
                     key = f"car_{name}"
                     terms[key] = terms[key] + value if key in terms else value
