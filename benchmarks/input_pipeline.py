@@ -32,6 +32,7 @@ flags.DEFINE_integer("batch_size", 8, "Batch size.")
 flags.DEFINE_integer("images", 1500, "Images timed per measurement (after warm-up).")
 flags.DEFINE_integer("repeats", 3, "Measurements per pipeline (the best is reported).")
 flags.DEFINE_bool("photometric", False, "Add photometric distortion to the full pipeline.")
+flags.DEFINE_bool("deterministic", False, "Deterministic element order in the full pipeline.")
 FLAGS = flags.FLAGS
 
 
@@ -101,13 +102,15 @@ def main(argv):
                 else:
                     ds = build_dataset(data, "train", training=True,
                                        batch_size=FLAGS.batch_size, crop_size=crop,
-                                       photometric=FLAGS.photometric, seed=0)
+                                       photometric=FLAGS.photometric, seed=0,
+                                       deterministic=FLAGS.deterministic)
                 wall, per_cpu = _throughput(ds, FLAGS.batch_size, FLAGS.images)
                 print(f"  {name}: {wall:.1f} images/s, {per_cpu:.1f} images per CPU-second")
                 best[0], best[1] = max(best[0], wall), max(best[1], per_cpu)
         dec, full = results["decode-only"], results["full pipeline"]
         print(f"tensorflow {tf.__version__}, {os.cpu_count()} CPUs, crop {FLAGS.crop}, "
-              f"batch {FLAGS.batch_size}, photometric={FLAGS.photometric} (best of "
+              f"batch {FLAGS.batch_size}, photometric={FLAGS.photometric}, "
+              f"deterministic={FLAGS.deterministic} (best of "
               f"{FLAGS.repeats})")
         print(f"{'':>16}  {'images/s':>9}  {'images/CPU-s':>12}")
         for name, (wall, per_cpu) in results.items():
