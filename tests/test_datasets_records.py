@@ -153,3 +153,28 @@ def test_unknown_record_keys(tmp_path):
 def test_foreign_folder_needs_dataset_name(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset_info.json"):
         _eval(tmp_path, "val")
+
+
+def test_reading_from_a_filesystem_url(tmp_path):
+    """Converted folders on cloud storage (gs://...) are read through tf.io.gfile; the
+    in-memory ram:// filesystem stands in for it here."""
+    from iseg.datasets.convert import convert_dataset
+    from iseg.datasets.synthetic import write_raw_shapes
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_raw_shapes(str(raw), num_train=3, num_val=2, image_size=(H, W))
+    local = tmp_path / "out"
+    convert_dataset("shapes", str(raw), str(local), num_workers=0, progress=False)
+    url = "ram://iseg-test/shapes"
+    tf.io.gfile.makedirs(url)
+    for name in tf.io.gfile.listdir(str(local)):
+        tf.io.gfile.copy(str(local / name), f"{url}/{name}", overwrite=True)
+    from iseg.datasets import load_dataset_info
+
+    assert load_dataset_info(url)["num_examples"] == {"train": 3, "val": 2}
+    got = _eval(url, "val")
+    assert [g[2] for g in got] == [b"val_00000", b"val_00001"]
+    ds = build_dataset(url, "train", training=True, batch_size=2, crop_size=(H, W), seed=0)
+    images, labels = next(iter(ds))
+    assert images.shape == (2, H, W, 3) and labels.shape == (2, H, W)

@@ -20,10 +20,11 @@ error naming the file instead of a failure deep inside training; ``full=True`` a
 every record through TensorFlow (payload CRCs, compressed files).
 """
 
-import os
 import struct
 
 import tensorflow as tf
+
+from iseg.datasets import info as info_lib
 
 EXAMPLE_KEYS = {
     "image/encoded": tf.io.FixedLenFeature((), tf.string),
@@ -235,10 +236,10 @@ def masked_crc32c(data):
 
 def check_shard_framing(path):
     """Number of records in an uncompressed shard; ValueError naming the file if damaged."""
-    size = os.path.getsize(path)
+    size = info_lib.getsize(path)
     count = 0
     pos = 0
-    with open(path, "rb") as f:
+    with info_lib.open_file(path, "rb") as f:
         while pos < size:
             header = f.read(12)
             if len(header) < 12:
@@ -268,7 +269,7 @@ def check_shards(files, compression="NONE", full=False):
     counts = {}
     ctype = compression_type(compression)
     for path in files:
-        if not os.path.isfile(path):
+        if not info_lib.isfile(path):
             raise FileNotFoundError(f"TFRecord shard not found: {path}")
         if ctype == "" and not full:
             counts[path] = check_shard_framing(path)
