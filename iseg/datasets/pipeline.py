@@ -22,7 +22,8 @@ Extra keyword options:
   file_pattern: glob (relative to data_dir) overriding the shard search.
   check: "header" (default: verify the framing of every uncompressed shard before
     reading, errors name the shard), "full" (read every record once), or None.
-  skip_corrupt: drop unreadable records instead of failing (counted in the log).
+  skip_corrupt: drop unreadable records instead of failing (each drop is logged; a shard
+    that fails the check is logged and read as far as possible).
   scales: explicit list of scale factors (overrides scale_range / scale_step).
   validate_labels: assert every label is in [0, K) or 255 (default True).
   cycle_length: number of shards read in parallel (default: min(shards, 8) in training,
@@ -171,7 +172,12 @@ def build_dataset(
         data_dir, split, dataset, compression, file_pattern
     )
     if check:
-        tfrecord.check_shards(files, compression, full=check == "full")
+        try:
+            tfrecord.check_shards(files, compression, full=check == "full")
+        except ValueError as e:
+            if not skip_corrupt:
+                raise
+            logging.warning("%s -- skip_corrupt=True: reading on, dropping unreadable records", e)
     record_format, label_dtype = tfrecord.resolve_format(files, record_format, compression)
     decode = tfrecord.make_decoder(record_format, label_dtype, lazy_image=training)
     fix_label = _label_mapper(spec, num_classes, raw_labels, validate_labels)
