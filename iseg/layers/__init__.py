@@ -11,3 +11,4 @@ from iseg.layers.self_attention import NonLocal2d, SelfAttention
 from iseg.layers.axial_attention import ChannelGate, ChannelizedAxialAttention
 from iseg.layers.jpu import JointPyramidUpsampling
 from iseg.layers.ksac import KernelSharingASPP
+from iseg.layers.car import CARBlock
