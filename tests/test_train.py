@@ -33,8 +33,9 @@ def test_seeded_runs_repeat_the_first_20_losses(tmp_path):
 
 
 def test_tensorboard_scalars_images_and_results(tmp_path):
-    r = run_toy(tmp_path, steps=4, log_every=2, evaluate_at_end=True)
+    r = run_toy(tmp_path, steps=4, log_every=2, evaluate_at_end=True, eval_every=2)
     scalars, images = read_events(str(tmp_path / "logs"))
+    assert [s for s, _ in scalars["miou"]] == [2, 4]  # periodic + final evaluation
     for tag in ("loss", "loss/ce", "loss/aux", "learning_rate", "images_per_second", "miou"):
         assert tag in scalars, tag
     assert [s for s, _ in scalars["loss"]] == [2, 4]
@@ -115,6 +116,9 @@ def test_killed_run_resumes_exactly(tmp_path):
     np.testing.assert_allclose(resumed["losses"], ref["losses"][6:], rtol=1e-5)
     for x, y in zip(_weights(ref["model"]), _weights(resumed["model"])):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    # keep the last 3 (default keep_checkpoints)
+    kept = sorted(f for f in os.listdir(model_dir / "checkpoints") if f.endswith(".index"))
+    assert kept == ["ckpt-10.index", "ckpt-12.index", "ckpt-8.index"]
     # a finished run restarted does nothing
     again = run_toy(model_dir, steps=12, checkpoint_every=2)
     assert again["losses"] == [] and again["step"] == 12
