@@ -65,14 +65,18 @@ def decode_window(encoded, start, size):
     return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
 
-def crop_block(image, label, start, size, out_size, flip=None, encoded=None):
+def crop_block(image, label, start, size, out_size, flip=None, encoded=None, affine=None):
     """Resample the source window ``start`` + ``size`` to ``out_size`` (align corners).
 
     Args:
       image: uint8/float [H, W, 3], or None when `encoded` (image bytes) is given.
       label: integer [H, W]; flip: bool tensor or None (mirror the window first).
+      affine: optional (scale, shift) applied to the image values, ``x * scale + shift``.
+        Bilinear weights sum to one, so it commutes with the resize: it is applied on
+        whichever of window and output has fewer pixels.
     Returns:
-      image float32 [oh, ow, 3] (0..255), label [oh, ow] (the label's dtype).
+      image float32 [oh, ow, 3] (0..255, or affine-mapped), label [oh, ow] (the label's
+      dtype).
     """
     if encoded is not None:
         window = decode_window(encoded, start, size)
@@ -86,30 +90,44 @@ def crop_block(image, label, start, size, out_size, flip=None, encoded=None):
         # flipping a resized image
         cols = tf.cond(flip, lambda: tf.reverse(cols, [0]), lambda: cols)
     same = tf.logical_and(tf.equal(size[0], out_size[0]), tf.equal(size[1], out_size[1]))
+    # ResizeBilinear is faster on float32 than on uint8 input, with the same result
+    window = tf.cast(window, tf.float32)
+    if affine is not None:
+        scale, shift = affine
+        early = size[0] * size[1] < out_size[0] * out_size[1]
+        window = tf.cond(early, lambda: window * scale + shift, lambda: window)
     block = tf.cond(  # scale 1 (or a crop at scale 1): the resize is the identity
         same,
-        lambda: tf.cast(window, tf.float32),
+        lambda: window,
         lambda: tf.raw_ops.ResizeBilinear(
             images=window[None], size=tf.stack(out_size), align_corners=True,
             half_pixel_centers=False)[0],
     )
+    if affine is not None:
+        block = tf.cond(early, lambda: block, lambda: block * scale + shift)
     lab = tf.gather(lab, nearest_index(size[0], out_size[0]))
     lab = tf.transpose(tf.gather(tf.transpose(lab), cols))
     return block, lab
 
 
-def place(block, lab_block, crop_size, flip=None, with_valid=True):
+def place(block, lab_block, crop_size, flip=None, with_valid=True, pad=True):
     """Pad a (possibly already mirrored) valid block to the crop: image 0, label 255.
 
     Padding goes bottom/right, or bottom/left when `flip` -- the same as padding the whole
     scaled image bottom/right, cropping, and flipping the crop.
     Returns (image [ch, cw, 3], label int32 [ch, cw], valid bool [ch, cw] or None).
+    With ``pad=False`` only the left padding of a mirrored block is added: the block is at
+    its place in the crop's top-left corner, and the caller pads it bottom/right (e.g.
+    `padded_batch`, which pads while batching, with 0 / 255); the label keeps its dtype.
     """
     ch, cw = crop_size
     shape = tf.shape(lab_block)
     pad_left = tf.constant(0)
     if flip is not None:
         pad_left = tf.where(flip, cw - shape[1], 0)
+    if not pad:
+        return (_pad_concat(block, 0, pad_left, 0, 0.0),
+                _pad_concat(lab_block, 0, pad_left, 0, 255), None)
     pad_right = cw - shape[1] - pad_left
     out = _pad_concat(block, ch, pad_left, pad_right, 0.0)
     lab = tf.cast(_pad_concat(lab_block, ch, pad_left, pad_right, 255), tf.int32)
@@ -186,6 +204,7 @@ def augment(
     encoded=None,
     normalization=None,
     with_valid=True,
+    pad=True,
 ):
     """Random training view of one example.
 
@@ -194,6 +213,7 @@ def augment(
         [H, W] or [H, W, 1]; seed: int [2] stateless seed for this example.
       normalization: None (output 0..255) or a mode of `iseg.datasets.pipeline.normalize`.
       with_valid: also return the valid-pixel mask (else None).
+      pad: False leaves the bottom/right padding to the caller (see `place`).
     Returns:
       (image float32 [ch, cw, 3] with 0 in padding, label int32 [ch, cw] with 255 in
       padding, valid bool [ch, cw] or None).
@@ -202,29 +222,38 @@ def augment(
         label = label[..., 0]
     start, size, out_size, do_flip, u = random_view(
         tf.shape(label), seed, crop_size, scale_range, scale_step, scales, flip)
-    block, lab = crop_block(image, label, start, size, out_size, do_flip, encoded)
+    affine = None
+    if normalization is not None and not photometric:
+        # brightness + normalisation as one multiply-add, done inside the resampling
+        delta = brightness_delta(u, brightness, max_brightness_delta)
+        scale, shift, lo, hi = _affine_params(delta, normalization)
+        affine = (scale, shift)
+    block, lab = crop_block(image, label, start, size, out_size, do_flip, encoded, affine)
     if photometric:
         if brightness:
             block = tf.clip_by_value(block + brightness_delta(u, True, max_brightness_delta),
                                      0.0, 255.0)
         block = photometric_distortion(block, u)
         if normalization is not None:
-            block = _affine_normalize(block, 0.0, normalization, clip=False)
-    elif normalization is not None:
-        block = _affine_normalize(block, brightness_delta(u, brightness, max_brightness_delta),
-                                  normalization, clip=brightness)
+            scale, shift, _, _ = _affine_params(0.0, normalization)
+            block = block * scale + shift
+    elif affine is not None:
+        if brightness:  # values only leave [lo, hi] when a brightness change was applied
+            block = tf.cond(tf.not_equal(delta, 0.0),
+                            lambda: tf.clip_by_value(block, lo, hi), lambda: block)
     elif brightness:
         block = tf.clip_by_value(block + brightness_delta(u, True, max_brightness_delta),
                                  0.0, 255.0)
-    return place(block, lab, crop_size, do_flip, with_valid)
+    return place(block, lab, crop_size, do_flip, with_valid, pad)
 
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
-def _affine_normalize(x, delta, mode, clip):
-    """normalize(clip(x + delta, 0, 255)) as one multiply-add (+ one clip)."""
+def _affine_params(delta, mode):
+    """(scale, shift, lo, hi): normalize(clip(x + delta, 0, 255)) is
+    clip(x * scale + shift, lo, hi)."""
     if mode == "minus_one_to_one":
         scale, shift = 1.0 / 127.5, (delta - 127.5) / 127.5
         lo, hi = -1.0, 1.0
@@ -234,11 +263,7 @@ def _affine_normalize(x, delta, mode, clip):
         lo, hi = -tf.constant(IMAGENET_MEAN) / std, (255.0 - tf.constant(IMAGENET_MEAN)) / std
     else:
         raise ValueError(f"normalization must be 'minus_one_to_one' or 'imagenet', got {mode!r}")
-    x = x * scale + shift
-    if not clip:
-        return x
-    # values only leave [lo, hi] when a brightness change was applied
-    return tf.cond(tf.not_equal(delta, 0.0), lambda: tf.clip_by_value(x, lo, hi), lambda: x)
+    return scale, shift, lo, hi
 
 
 def brightness_delta(u, brightness, max_delta=32.0):

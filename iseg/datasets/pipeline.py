@@ -231,14 +231,22 @@ def build_dataset(
                 ex.get("image"), label, element_seed, crop,
                 scale_range=scale_range, scale_step=scale_step, scales=scales, flip=flip,
                 brightness=brightness, photometric=photometric, encoded=ex.get("encoded"),
-                normalization=normalization, with_valid=False,
+                normalization=normalization, with_valid=False, pad=False,
             )
             return img, lab
 
         ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
         if skip_corrupt:
             ds = ds.ignore_errors(log_warning=True)
-        ds = ds.batch(batch_size, drop_remainder=True)
+        # the bottom/right padding to the crop is done while batching (one copy), and
+        # labels stay in their record dtype (uint8) until the whole batch is cast
+        lab_dtype = ds.element_spec[1].dtype
+        ds = ds.padded_batch(
+            batch_size, padded_shapes=([*crop, 3], list(crop)),
+            padding_values=(0.0, tf.constant(IGNORE_LABEL, lab_dtype)), drop_remainder=True,
+        )
+        if lab_dtype != tf.int32:
+            ds = ds.map(lambda img, lab: (img, tf.cast(lab, tf.int32)))
     else:
 
         def eval_map(record):
