@@ -242,18 +242,23 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
 
 
 def _make_periodic_eval(cfg, model, meta, normalization, eval_dataset_fn, is_chief):
-    from iseg.evaluation import Evaluator, write_results
+    from iseg.evaluation import write_results
+
+    cache = {}
 
     def run(step):
         if not is_chief:
             return None
         dataset = (eval_dataset_fn() if eval_dataset_fn is not None
                    else config_lib.make_eval_dataset(cfg, normalization))
-        evaluator = make_evaluator(cfg, model, meta, normalization)
+        if "evaluator" not in cache:  # traced once, reused by every evaluation
+            cache["evaluator"] = make_evaluator(cfg, model, meta, normalization)
+        evaluator = cache["evaluator"]
         scores = evaluator.evaluate(dataset, max_batches=cfg.eval_steps,
                                     num_samples=cfg.num_summary_images, split=cfg.eval_split)
-        table = write_results(scores, os.path.join(cfg.model_dir, "eval"), step=step)
-        logging.info("step %d\n%s", step, table)
+        write_results(scores, os.path.join(cfg.model_dir, "eval"), step=step)
+        logging.info("step %d: %s mIoU %.4f, pixel accuracy %.4f", step, cfg.eval_split,
+                     scores["miou"], scores["pixel_accuracy"])
         writer = tf.summary.create_file_writer(os.path.join(cfg.model_dir, "logs", "eval"))
         with writer.as_default(step=step):
             summaries.scalar("miou", scores["miou"])
