@@ -18,7 +18,8 @@ setup(
         "h5py>=3.10",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "jax[cpu]>=0.4.30"],
+        # jax and torch: the backend smoke tests (the pure-Keras code on JAX and PyTorch)
+        "test": ["pytest>=8.0", "jax[cpu]>=0.4.30", "torch==2.13.0"],
     },
     entry_points={
         "console_scripts": [
