@@ -151,8 +151,12 @@ def test_patch_merging_matches_oracle_on_odd_size():
 def test_swin_against_timm(tmp_path):
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")
+    # 448: every stage (112, 56, 28, 14) is a multiple of the window and larger than it.
+    # At other sizes timm differs on purpose: it shifts before padding to whole windows
+    # (we pad first, as Swin's segmentation code) and drops the shift on a stage no larger
+    # than the window.
     ref = timm.models.swin_transformer.SwinTransformer(
-        img_size=256, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
+        img_size=448, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
         window_size=7, num_classes=10,
     ).eval()
     with torch.no_grad():
@@ -164,7 +168,7 @@ def test_swin_against_timm(tmp_path):
         "swin_tiny", weights=tmp_path / "swin.safetensors",
         embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
     )
-    x = np.random.default_rng(0).normal(size=(1, 256, 256, 3)).astype("float32")
+    x = np.random.default_rng(0).normal(size=(1, 448, 448, 3)).astype("float32")
     with torch.no_grad():
         want = ref.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
     got = np.asarray(model(x)["c5"])
