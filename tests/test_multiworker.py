@@ -122,6 +122,6 @@ def test_two_workers_train_and_agree_on_the_weights(tmp_path):
     assert len(w0.files) == len(w1.files) > 10
     for k in w0.files:
         np.testing.assert_allclose(w0[k], w1[k], rtol=1e-6, atol=1e-7)
-    # the chief wrote the checkpoints; the other worker's temporary copy is gone
+    # the chief writes model_dir/checkpoints; worker 1 keeps its own (its input position)
     assert (tmp_path / "run" / "checkpoints" / "checkpoint").is_file()
-    assert not (tmp_path / "run" / ".worker1_tmp").exists()
+    assert (tmp_path / "run" / ".worker1" / "checkpoints" / "checkpoint").is_file()

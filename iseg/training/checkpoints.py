@@ -16,7 +16,6 @@ import difflib
 import json
 import os
 import re
-import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -107,8 +106,10 @@ def check_compatible(path, model):
 class TrainCheckpointer:
     """Periodic training checkpoints under `<model_dir>/checkpoints`, keeping the last K.
 
-    In multi-worker training every worker must save (the save is collective); workers
-    other than the chief write to a temporary folder that is removed afterwards.
+    In multi-worker training every worker must save (the save is collective). Workers
+    other than the chief keep their own checkpoints in `<model_dir>/.worker<i>/checkpoints`
+    and resume from there: the weights are the same on every worker, but each worker's input
+    iterator reads its own shard.
     """
 
     def __init__(self, model_dir, *, model, optimizer, iterator=None, keep=3, is_chief=True,
@@ -118,13 +119,11 @@ class TrainCheckpointer:
             extra["iterator"] = iterator
         self.model = model
         self.checkpoint = model_checkpoint(model, **extra)
-        self.directory = os.path.join(model_dir, CKPT_DIR)
         self.is_chief = is_chief
-        write_dir = self.directory if is_chief else os.path.join(
-            model_dir, f".worker{task_id}_tmp", CKPT_DIR)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, write_dir,
+        self.directory = (os.path.join(model_dir, CKPT_DIR) if is_chief else
+                          os.path.join(model_dir, f".worker{task_id}", CKPT_DIR))
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory,
                                                   max_to_keep=max(1, keep))
-        self._write_dir = write_dir
 
     @property
     def latest(self):
@@ -147,10 +146,7 @@ class TrainCheckpointer:
         return path
 
     def save(self, step):
-        path = self.manager.save(checkpoint_number=int(step))
-        if not self.is_chief:
-            shutil.rmtree(os.path.dirname(self._write_dir), ignore_errors=True)
-        return path
+        return self.manager.save(checkpoint_number=int(step))
 
 
 def resolve_checkpoint(path_or_dir):

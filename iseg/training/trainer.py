@@ -119,7 +119,8 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
         train_dataset_fn = config_lib.make_train_dataset_fn(cfg, normalization)
 
     # Resume: find the step of the latest checkpoint before building the iterator.
-    latest = tf.train.latest_checkpoint(os.path.join(cfg.model_dir, ckpt_lib.CKPT_DIR))
+    own_dir = ckpt_lib.CKPT_DIR if is_chief else f".worker{task_id}/{ckpt_lib.CKPT_DIR}"
+    latest = tf.train.latest_checkpoint(os.path.join(cfg.model_dir, own_dir))
     start_guess = int(latest.rsplit("-", 1)[-1]) if latest else 0
     seed = cfg.seed if (cfg.checkpoint_input or start_guess == 0) else cfg.seed + start_guess
     # Each worker reads its own shard with a plain (checkpointable) iterator over
