@@ -4,12 +4,13 @@
         [--dataset=camvid] [--crop=512] [--batch_size=8] [--images=1500]
 
 Converts the dataset into a temporary folder first (or uses --converted_dir), then measures
-(alternating, best of --repeats) images/s of
+(alternating, --repeats times; best and median) images/s of
   decode-only       read records, decode image + label (uint8), batch;
   decode+normalise  the same plus float32 cast and normalisation (reference point);
   full pipeline     `iseg.datasets.pipeline.build_dataset` training: random scale
                     0.5..2.0, pad, crop, flip, brightness, normalise, batch.
-All use parallel map with AUTOTUNE.
+All use parallel map with AUTOTUNE, the same `deterministic` setting (--deterministic)
+and one thread per op (`max_intra_op_parallelism=1`).
 Besides wall-clock images/s it prints images per CPU-second of the process (all threads),
 which is stable on a machine shared with other jobs: on an idle machine the wall-clock
 ratio approaches the CPU ratio.
@@ -30,7 +31,7 @@ flags.DEFINE_string("converted_dir", None, "Use these converted records instead 
 flags.DEFINE_integer("crop", 512, "Training crop size (square).")
 flags.DEFINE_integer("batch_size", 8, "Batch size.")
 flags.DEFINE_integer("images", 1500, "Images timed per measurement (after warm-up).")
-flags.DEFINE_integer("repeats", 3, "Measurements per pipeline (the best is reported).")
+flags.DEFINE_integer("repeats", 3, "Measurements per pipeline (best and median are reported).")
 flags.DEFINE_bool("photometric", False, "Add photometric distortion to the full pipeline.")
 flags.DEFINE_bool("deterministic", False, "Deterministic element order in the full pipeline.")
 FLAGS = flags.FLAGS
@@ -50,7 +51,13 @@ def _throughput(ds, batch_size, images):
     return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
 
 
-def decode_only(data_dir, split, batch_size, to_float=False):
+def _median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def decode_only(data_dir, split, batch_size, to_float=False, deterministic=False):
     import tensorflow as tf
 
     from iseg.datasets import info as info_lib
@@ -65,10 +72,13 @@ def decode_only(data_dir, split, batch_size, to_float=False):
             return tf.cast(ex["image"], tf.float32) / 127.5 - 1.0, tf.cast(ex["label"], tf.int32)
         return ex["image"], ex["label"]
 
-    ds = tf.data.TFRecordDataset(files).repeat().map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    # the same parallelism settings as build_dataset's training pipeline
+    ds = tf.data.TFRecordDataset(files).repeat().map(fn, num_parallel_calls=tf.data.AUTOTUNE,
+                                                     deterministic=deterministic)
     ds = ds.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
-    options.threading.max_intra_op_parallelism = 1  # same setting as build_dataset
+    options.deterministic = deterministic
+    options.threading.max_intra_op_parallelism = 1
     return ds.with_options(options)
 
 
@@ -91,14 +101,17 @@ def main(argv):
               f"{time.perf_counter() - t:.1f} s ({os.cpu_count()} CPUs)")
     try:
         crop = (FLAGS.crop, FLAGS.crop)
-        results = {"decode-only": [0.0, 0.0], "decode+normalise": [0.0, 0.0],
-                   "full pipeline": [0.0, 0.0]}
+        names = ("decode-only", "decode+normalise", "full pipeline")
+        runs = {name: [] for name in names}
+        load = [os.getloadavg()[0]]
         for _ in range(FLAGS.repeats):  # alternate, so all see the same machine load
-            for name, best in results.items():
+            for name in names:
                 if name == "decode-only":
-                    ds = decode_only(data, "train", FLAGS.batch_size)
+                    ds = decode_only(data, "train", FLAGS.batch_size,
+                                     deterministic=FLAGS.deterministic)
                 elif name == "decode+normalise":
-                    ds = decode_only(data, "train", FLAGS.batch_size, to_float=True)
+                    ds = decode_only(data, "train", FLAGS.batch_size, to_float=True,
+                                     deterministic=FLAGS.deterministic)
                 else:
                     ds = build_dataset(data, "train", training=True,
                                        batch_size=FLAGS.batch_size, crop_size=crop,
@@ -106,18 +119,25 @@ def main(argv):
                                        deterministic=FLAGS.deterministic)
                 wall, per_cpu = _throughput(ds, FLAGS.batch_size, FLAGS.images)
                 print(f"  {name}: {wall:.1f} images/s, {per_cpu:.1f} images per CPU-second")
-                best[0], best[1] = max(best[0], wall), max(best[1], per_cpu)
-        dec, full = results["decode-only"], results["full pipeline"]
+                runs[name].append((wall, per_cpu))
+                load.append(os.getloadavg()[0])
         print(f"tensorflow {tf.__version__}, {os.cpu_count()} CPUs, crop {FLAGS.crop}, "
               f"batch {FLAGS.batch_size}, photometric={FLAGS.photometric}, "
-              f"deterministic={FLAGS.deterministic} (best of "
-              f"{FLAGS.repeats})")
-        print(f"{'':>16}  {'images/s':>9}  {'images/CPU-s':>12}")
-        for name, (wall, per_cpu) in results.items():
-            print(f"{name:>16}  {wall:9.1f}  {per_cpu:12.1f}")
-        ratio = (100 * full[0] / dec[0], 100 * full[1] / dec[1])
-        print(f"{'full / decode':>16}  {ratio[0]:8.0f}%  {ratio[1]:11.0f}%"
-              "   (target >= 70%)")
+              f"deterministic={FLAGS.deterministic}, {FLAGS.repeats} repeats, "
+              f"load average {min(load):.1f}..{max(load):.1f}")
+        print(f"{'':>16}  {'images/s best':>13} {'median':>7}  {'images/CPU-s best':>17} "
+              f"{'median':>7}")
+        summary = {}
+        for name in names:
+            wall = sorted(r[0] for r in runs[name])
+            cpu = sorted(r[1] for r in runs[name])
+            summary[name] = (wall[-1], _median(wall), cpu[-1], _median(cpu))
+            print(f"{name:>16}  {wall[-1]:13.1f} {_median(wall):7.1f}  {cpu[-1]:17.1f} "
+                  f"{_median(cpu):7.1f}")
+        dec, full = summary["decode-only"], summary["full pipeline"]
+        ratio = [100 * f / d for f, d in zip(full, dec)]
+        print(f"{'full / decode':>16}  {ratio[0]:12.0f}% {ratio[1]:6.0f}%  {ratio[2]:16.0f}% "
+              f"{ratio[3]:6.0f}%   (target >= 70%)")
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

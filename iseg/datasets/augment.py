@@ -21,8 +21,10 @@ before resampling (align-corners sampling is symmetric, so this equals flipping 
 output), and the valid block is padded to the crop afterwards (right, or left after a
 flip: the same as padding, cropping and flipping). Brightness and the optional
 photometric distortion act on the valid pixels; the photometric contrast uses their mean.
-With ``normalization`` the brightness change, clipping and normalisation are one
-multiply-add and one clip, and the padding is 0 (the mean pixel).
+With ``normalization`` the brightness change and normalisation are one multiply-add,
+applied before the resize when the window has fewer pixels than the output (bilinear
+weights sum to one, so it commutes with the resize), then one clip (only when a
+brightness change was drawn); the padding is 0 (the mean pixel).
 
 All randomness is drawn from stateless ops seeded per example, so a fixed seed gives the
 same crops no matter how many parallel calls run.
