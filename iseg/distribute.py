@@ -27,3 +27,20 @@ def cross_replica_sum(x):
     if context is None or context.num_replicas_in_sync == 1:
         return x
     return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
+
+
+def num_replicas_in_sync():
+    """Replicas sharing the global batch (TF strategy replica context); 1 otherwise.
+
+    Keras' own losses divide a replica's loss by this number so that summing the replicas'
+    gradients gives the gradient of the global-batch mean; `SegmentationModel.compute_loss`
+    does the same, so `fit` and the iseg trainer are correct under any strategy.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return 1
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from iseg.distribute import num_replicas_in_sync
 from iseg.training.config import DatasetMeta, TrainConfig
 
 NUM_CLASSES = 3
@@ -57,7 +58,8 @@ class TinySegModel(keras.Model):
             aux = 0.4 * self._ce(y, y_pred["aux_logits"])
             self.aux_tracker.update_state(aux)
             total = total + aux
-        return total
+        # scaled for distribution, as SegmentationModel.compute_loss (the trainer's contract)
+        return total / num_replicas_in_sync()
 
     def get_config(self):
         return dict(super().get_config(), num_classes=self.num_classes, width=self.width,

@@ -10,6 +10,7 @@ a metric: `ce`, `aux`, `car_intra`, `car_inter_c2c`, `car_inter_c2p`, `l2`).
 import keras
 from keras import ops
 
+from iseg.distribute import num_replicas_in_sync
 from iseg.losses.car import CARLoss
 from iseg.losses.cross_entropy import pixel_cross_entropy
 from iseg.ops import resize, resize_labels, spatial_shape
@@ -213,13 +214,17 @@ class SegmentationModel(keras.Model):
         return terms
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The training loss of this replica's batch, scaled for distribution as Keras'
+        own losses are: divided by the number of replicas in sync (1 without a strategy),
+        so that the replicas' summed gradients are those of the global-batch loss. The
+        per-term trackers record the unscaled terms."""
         terms = self.loss_terms(y, y_pred, training=training)
         for name, value in terms.items():
             self._trackers[name].update_state(value)
         total = ops.sum(ops.stack(list(terms.values())))
         for loss in self.losses:
             total = total + ops.cast(ops.sum(loss), "float32")
-        return total
+        return total / num_replicas_in_sync()
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return self.get_metrics_result()

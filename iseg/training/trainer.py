@@ -5,8 +5,8 @@ A custom loop (not `fit`) so that one step = one optimizer update (with gradient
 accumulation over several batches), the input iterator is part of the checkpoint, and a
 non-finite loss stops at the exact step. The per-replica step follows Keras' `train_step`:
 `model(x, training=True)` then `model.compute_loss(...)` (the model's own loss terms,
-tracked as metrics), divided by the number of replicas because gradients are summed over
-replicas.
+tracked as metrics), which is already divided by the number of replicas because gradients
+are summed over replicas.
 """
 
 import dataclasses
@@ -164,9 +164,9 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
     def replica_step(x, y):
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
-            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
-            loss_tracker.update_state(loss)
-            scaled = loss / float(replicas)
+            # compute_loss returns this replica's share (loss / replicas), as Keras' losses
+            scaled = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+            loss_tracker.update_state(scaled * float(replicas))
             if loss_scale:
                 scaled = optimizer.scale_loss(scaled)
         variables = model.trainable_variables
