@@ -154,7 +154,7 @@ def define_common_flags():
     d("float", "aux_weight", 0.4, "Aux FCN head loss weight; 0 disables the aux head.")
     d("bool", "car", False, "Add the CAR regularizers (class-aware losses) to the head.")
     d("string", "car_options", "", "CAR options, key=value,... (filters, pooling_rates, "
-      "apply_end_conv, intra_weight, inter_weight, ...).")
+      "apply_end_conv, intra_loss_rate, inter_loss_rate, use_ema_centers, ...).")
     d("enum", "loss_reduction", "valid_mean", ["valid_mean", "all_pixels"],
       "Cross-entropy denominator: valid pixels (mmseg) or all pixels (original code).")
     d("float", "ohem_thresh", None, "OHEM probability threshold (None: no OHEM).")
