@@ -7,9 +7,6 @@ and flip, prints a table and writes `<model_dir>/eval/<split>_results.{json,txt}
 """
 
 import os
-import sys
-
-from absl import logging
 
 from iseg.cli import flags as flags_lib
 
@@ -54,12 +51,7 @@ def main(argv):
 
 
 def run(argv=None):
-    argv = list(sys.argv if argv is None else argv)
-    flags_lib.define_eval_flags()
-    expanded = flags_lib.parse_flags(argv, PROGRAM)
-    logging.use_absl_handler()
-    logging.set_verbosity(logging.INFO)
-    return flags_lib.run_main(PROGRAM, lambda _: main(argv), expanded)
+    return flags_lib.run_cli(PROGRAM, flags_lib.define_eval_flags, main, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import ast
 import os
 import sys
 
-from absl import flags
+from absl import flags, logging
 
 FLAGS = flags.FLAGS
 
@@ -301,8 +301,15 @@ def user_errors():
             FileNotFoundError, FlagFileError)
 
 
-def run_main(program, main, argv):
-    """Run `main()` printing user errors as `program: error: message` (exit 1)."""
+def run_cli(program, define_flags, main, argv=None, verbosity=logging.INFO):
+    """The body of every entry point: define the flags, parse argv (flag files expanded),
+    then `main(argv)` with the original argv, reporting user errors as one line
+    `program: error: message` (exit 1)."""
+    argv = list(sys.argv if argv is None else argv)
+    define_flags()
+    parse_flags(argv, program)
+    logging.use_absl_handler()
+    logging.set_verbosity(verbosity)
     try:
         return main(argv)
     except user_errors() as e:

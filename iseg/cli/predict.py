@@ -9,7 +9,6 @@ bmp) it writes `<name>.png` (palette PNG, pixel value = class id) and `<name>_ov
 import glob
 import json
 import os
-import sys
 
 import numpy as np
 from absl import flags, logging
@@ -162,11 +161,7 @@ def main(_):
 
 
 def run(argv=None):
-    argv = list(sys.argv if argv is None else argv)
-    define_predict_flags()
-    expanded = flags_lib.parse_flags(argv, PROGRAM)
-    logging.set_verbosity(logging.WARNING)
-    return flags_lib.run_main(PROGRAM, main, expanded)
+    return flags_lib.run_cli(PROGRAM, define_predict_flags, main, argv, logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 and optionally export and write prediction overlays; everything goes under --model_dir."""
 
 import os
-import sys
 
 from absl import logging
 
@@ -62,12 +61,7 @@ def main(argv):
 
 
 def run(argv=None):
-    argv = list(sys.argv if argv is None else argv)
-    flags_lib.define_train_flags()
-    expanded = flags_lib.parse_flags(argv, PROGRAM)
-    logging.use_absl_handler()
-    logging.set_verbosity(logging.INFO)
-    return flags_lib.run_main(PROGRAM, lambda _: main(argv), expanded)
+    return flags_lib.run_cli(PROGRAM, flags_lib.define_train_flags, main, argv)
 
 
 if __name__ == "__main__":
