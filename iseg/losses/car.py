@@ -18,8 +18,8 @@ constant 0), so the CAR loss is the sum of the values.
 Implementation: class sums and pixel counts are `keras.ops.segment_sum` over the flattened
 pixels (ignored pixels and labels outside `[0, K)` go to a dump segment `K` that is
 dropped), never a `[pixels x classes]` one-hot matmul. The sums are summed across replicas
-with `iseg.distribute.cross_replica_sum` (TF `tf.distribute` replica context; identity
-elsewhere) and divided with divide-no-nan. The only `[pixels x K]` tensors are those of the
+with `iseg.distribute.cross_replica_sum` (in a TensorFlow distribution strategy's replica
+context; identity elsewhere) and divided with divide-no-nan. The only `[pixels x K]` tensors are those of the
 centre-to-pixel term, which has the size of the logits. Everything is computed in float32.
 
 Distribution: centres are global; every mean is over the replica's local batch (as the
