@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from iseg.evaluation.inference import predict_logits
 from iseg.export import export_saved_model, save_keras
-from iseg.export.saved_model import normalize_uint8
+from iseg.datasets.pipeline import normalize
 from iseg.training.config import DatasetMeta, TrainConfig, build_model_from_config
 
 META = DatasetMeta(num_classes=3, class_names=["a", "b", "c"],
@@ -63,7 +63,7 @@ def test_saved_model_in_a_fresh_process_matches_keras(tmp_path, model):
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"iseg_imported": False}
     out = np.load(tmp_path / "out.npz")
-    x = normalize_uint8(images, model.normalization)
+    x = normalize(images, model.normalization)
     logits = predict_logits(lambda t: model(t, training=False), x, scales=scales, flip=flip)
     probs = tf.nn.softmax(logits).numpy()
     assert out["labels"].shape == (2, 27, 38) and out["probs"].shape == (2, 27, 38, 3)

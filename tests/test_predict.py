@@ -9,7 +9,7 @@ from PIL import Image
 
 from iseg.cli.predict import Predictor, list_images, predict_folder
 from iseg.export import export_saved_model, save_keras
-from iseg.export.saved_model import normalize_uint8
+from iseg.datasets.pipeline import normalize
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_train_support import META, tiny_model_fn  # noqa: E402
@@ -27,7 +27,7 @@ def model():
 
 def test_savedmodel_and_keras_predictors_match_the_model(tmp_path, model):
     image = np.random.default_rng(1).integers(0, 256, (13, 17, 3), dtype=np.uint8)
-    expected = np.argmax(model(normalize_uint8(image[None], "minus_one_to_one"),
+    expected = np.argmax(model(normalize(image[None], "minus_one_to_one"),
                                training=False), -1)[0]
     exported = export_saved_model(model, str(tmp_path / "export"), palette=META.palette,
                                   class_names=META.class_names)

@@ -67,13 +67,13 @@ class Predictor:
             self.palette = record["dataset"]["palette"]
             self.class_names = record["dataset"]["class_names"]
         from iseg.evaluation import Evaluator
-        from iseg.export.saved_model import normalize_uint8
+        from iseg.datasets.pipeline import normalize
 
         norm = getattr(model, "normalization", "minus_one_to_one")
         evaluator = Evaluator(model, model.num_classes, scales=scales, flip=flip,
                               align_corners=getattr(model, "align_corners", True))
         self.predict = lambda img: evaluator.predict(
-            normalize_uint8(img[None], norm)).numpy()[0]
+            normalize(img[None], norm)).numpy()[0]
         if self.palette is None:
             from iseg.datasets.specs import voc_colormap
             self.palette = voc_colormap(model.num_classes)

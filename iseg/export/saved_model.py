@@ -17,19 +17,8 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from iseg.datasets.pipeline import normalize
 from iseg.evaluation.inference import predict_logits
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
-
-def normalize_uint8(images, mode):
-    x = tf.cast(images, tf.float32)
-    if mode == "imagenet":
-        return (x - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
-    if mode == "minus_one_to_one":
-        return x / 127.5 - 1.0
-    raise ValueError(f"unknown normalization {mode!r}")
 
 
 class SegmentationExportModule(tf.Module):
@@ -43,7 +32,7 @@ class SegmentationExportModule(tf.Module):
         self._align_corners = bool(align_corners)
 
     def _run(self, images):
-        x = normalize_uint8(images, self._normalization)
+        x = normalize(images, self._normalization)
         logits = predict_logits(lambda t: self.model(t, training=False), x,
                                 scales=self._scales, flip=self._flip,
                                 align_corners=self._align_corners)
