@@ -16,15 +16,13 @@ like UPerNet (also OS4) the CAR losses are pooled at rate 2 by default.
 """
 
 import keras
-from keras import ops
 
-from iseg.heads._util import check_variant, endpoint
+from iseg.heads._util import check_variant, endpoint, fuse_low_level
 from iseg.heads.base import Head
 from iseg.heads.deeplabv3 import aspp_rates
 from iseg.heads.registry import HEADS
 from iseg.layers.aspp import ASPP, SeparableConvBNAct
 from iseg.layers.conv_bn_act import ConvBNAct
-from iseg.ops import resize, spatial_shape
 
 
 @HEADS.register("deeplabv3plus")
@@ -81,11 +79,7 @@ class DeepLabV3PlusHead(Head):
 
     def call(self, endpoints, training=None):
         x = self.aspp(endpoint(endpoints, self.in_key, "deeplabv3plus"), training=training)
-        low = self.low_level_conv(
-            endpoint(endpoints, self.low_level_key, "deeplabv3plus"), training=training
-        )
-        x = resize(x, spatial_shape(low), "bilinear", self.align_corners)
-        x = self.decoder_conv(ops.concatenate([x, low], axis=-1), training=training)
+        x = fuse_low_level(self, x, endpoints, "deeplabv3plus", training)
         return self._classify(x, training)
 
     def get_config(self):

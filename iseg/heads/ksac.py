@@ -10,15 +10,13 @@
 """
 
 import keras
-from keras import ops
 
-from iseg.heads._util import endpoint
+from iseg.heads._util import endpoint, fuse_low_level
 from iseg.heads.base import Head
 from iseg.heads.registry import HEADS
 from iseg.layers.aspp import SeparableConvBNAct
 from iseg.layers.conv_bn_act import ConvBNAct
 from iseg.layers.ksac import KernelSharingASPP
-from iseg.ops import resize, spatial_shape
 
 
 def ksac_rates(output_stride, rates=None):
@@ -85,9 +83,7 @@ class KSACHead(Head):
 
     def call(self, endpoints, training=None):
         x = self.ksac(endpoint(endpoints, self.in_key, "ksac"), training=training)
-        low = self.low_level_conv(endpoint(endpoints, self.low_level_key, "ksac"), training=training)
-        x = resize(x, spatial_shape(low), "bilinear", self.align_corners)
-        x = self.decoder_conv(ops.concatenate([x, low], axis=-1), training=training)
+        x = fuse_low_level(self, x, endpoints, "ksac", training)
         return self._classify(x, training)
 
     def get_config(self):
