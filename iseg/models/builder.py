@@ -10,9 +10,6 @@ from iseg.registry import Registry
 
 MODELS = Registry("model")
 
-#: Options the paper recipes add when CAR is switched on by a `_car` zoo name.
-DEFAULT_CAR = {}
-
 
 def build_model(head, backbone, num_classes, *, input_shape=(None, None, 3), **options):
     """Build and return a `SegmentationModel` (weights created for `input_shape`)."""
@@ -63,7 +60,7 @@ def parse_model_name(name):
         if base.startswith(head + "_") and base[len(head) + 1 :] in BACKBONES:
             kwargs = {"head": head, "backbone": base[len(head) + 1 :]}
             if car:
-                kwargs["car"] = dict(DEFAULT_CAR)
+                kwargs["car"] = {}  # CAR with the published defaults
             return kwargs
     raise ValueError(
         f"Unknown model {name!r}. Valid models: the presets {', '.join(MODELS.names())}, or "
