@@ -240,6 +240,58 @@ def test_photometric_and_brightness_keep_range_and_padding(tmp_path):
         np.testing.assert_allclose(images.numpy()[labels.numpy() == 255], 0.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("photometric,normalization", [
+    (False, "minus_one_to_one"), (True, "imagenet"), (False, "imagenet")])
+def test_device_resampling_equals_the_host_pipeline(tmp_path, photometric, normalization):
+    """resample="device" (views, then `resample_views` on the batch) gives the host
+    pipeline's batches: same crops, scales, flips and colours, labels bit-equal."""
+    from iseg.datasets.pipeline import resample_views
+
+    # sizes below and above the crop: padding, partial windows, flips, scale 1
+    data = _make(tmp_path, [(12, 17), (30, 22), (9, 9), (40, 40), (21, 13)])
+    kw = dict(training=True, batch_size=5, crop_size=(16, 19), seed=4, deterministic=True,
+              photometric=photometric, normalization=normalization, scale_step=None)
+    host = build_dataset(str(data), "train", **kw)
+    device = build_dataset(str(data), "train", resample="device", **kw)
+    assert set(device.element_spec) >= {"image", "label", "rows", "cols"}
+    seen_pad = seen_flip = 0
+    for (images, labels), views in zip(host.take(8), device.take(8)):
+        dev_images, dev_labels = resample_views(views, normalization)
+        np.testing.assert_array_equal(dev_labels.numpy(), labels.numpy())
+        np.testing.assert_allclose(dev_images.numpy(), images.numpy(), atol=2e-5)
+        seen_pad += int(np.sum(labels.numpy() == 255) > 0)
+        cols = views["cols"].numpy()
+        seen_flip += int(np.any(cols[:, 0, 0] > cols[:, 0, -1]))
+    assert seen_pad and seen_flip
+
+
+def test_views_hold_only_the_window(tmp_path):
+    data = _make(tmp_path, [(60, 80)])
+    ds = build_dataset(str(data), "train", training=True, batch_size=1, crop_size=(10, 10),
+                       seed=0, resample="device", scales=[2.0], flip=False)
+    views = next(iter(ds))
+    # scale 2 of a 60x80 image, crop 10: a window of round(9 / 2) + 1 = 5 source pixels
+    assert views["image"].shape == (1, 5, 5, 3) and views["image"].dtype == tf.uint8
+    assert views["label"].shape == (1, 5, 5)
+    np.testing.assert_array_equal(views["rows"].numpy()[0, 2], np.floor(np.arange(10) * 4 / 9
+                                                                          + 0.5))
+    with pytest.raises(ValueError, match="resample must be one of"):
+        build_dataset(str(data), "train", training=True, batch_size=1, crop_size=(10, 10),
+                      resample="gpu")
+
+
+def test_saturation_matches_adjust_saturation():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 255, (4, 6, 7, 3)).astype(np.float32)
+    image[0, 0, 0] = 80.0  # a grey pixel
+    image[1, 0, 0] = (0.0, 0.0, 0.0)
+    factors = np.array([0.5, 1.0, 1.3, 3.0], np.float32)
+    got = augment._scale_saturation(tf.constant(image), tf.constant(factors[:, None, None, None]))
+    for i, f in enumerate(factors):
+        want = tf.image.adjust_saturation(image[i], f).numpy()
+        np.testing.assert_allclose(got[i].numpy(), want, atol=2e-3)
+
+
 def test_deterministic_with_seed(tmp_path):
     data = _make(tmp_path, [(20, 24)] * 6, num_shards=2)
 

@@ -50,6 +50,42 @@ def test_mirrored_two_cpu_replicas_match_one_device(tmp_path):
     assert "--batch_size=3" in out["error"] and "2 replicas" in out["error"]
 
 
+VIEWS = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from iseg.training.strategy import split_cpu
+split_cpu(2)
+import numpy as np
+from iseg.datasets.synthetic import generate_shapes
+from iseg.training.config import dataset_meta
+from iseg.training.trainer import train
+from test_train_support import tiny_model_fn, toy_config
+data = {root!r} + "/shapes"
+generate_shapes(data, num_train=8, num_val=2, image_size=(24, 24), num_shards=1)
+out = {{}}
+for name in ("mirrored", "one_device"):
+    cfg = toy_config({root!r} + "/" + name, strategy=name, steps=3, batch_size=4,
+                     sync_bn=True, data_dir=data, resample="device", shuffle_buffer=1,
+                     min_scale=1.0)  # no padding: each replica averages all its pixels
+    r = train(cfg, model_fn=tiny_model_fn(), meta=dataset_meta(cfg))
+    out[name] = dict(replicas=r["strategy"].num_replicas_in_sync, losses=r["losses"])
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_mirrored_replicas_resample_their_share_of_the_views(tmp_path):
+    """--resample=device under MirroredStrategy: each replica resamples its slice of the
+    batch of views; the losses equal one device reading the same records."""
+    code = VIEWS.format(tests=TESTS, root=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=600, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.split("RESULT", 1)[1])
+    assert out["mirrored"]["replicas"] == 2 and len(out["mirrored"]["losses"]) == 3
+    np.testing.assert_allclose(out["mirrored"]["losses"], out["one_device"]["losses"],
+                               rtol=1e-5)
+
+
 WORKER = """
 import json, sys
 import numpy as np

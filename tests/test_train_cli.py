@@ -142,3 +142,38 @@ def test_seeded_demo_runs_repeat_their_losses(trained):
         losses.append(train(cfg)["losses"])
     assert len(losses[0]) == 20
     np.testing.assert_array_equal(losses[0], losses[1])
+
+
+def test_device_resampling_trains_like_the_host_pipeline(trained):
+    """--resample=device (views resampled inside the train step) and host give the same
+    losses: the same crops reach the model, up to float rounding of the resize."""
+    from iseg.training.config import TrainConfig
+    from iseg.training.trainer import train
+
+    root = trained[0]
+    losses = {}
+    for mode in ("host", "device"):
+        cfg = TrainConfig(model="demo_tiny", aux_weight=0.0, dataset="shapes",
+                          data_dir=str(root / "shapes"), model_dir=str(root / f"rs_{mode}"),
+                          batch_size=2, steps=6, crop_size=(33, 33), optimizer="adam",
+                          lr=1e-3, checkpoint_every=100, evaluate_at_end=False,
+                          progress=False, seed=5, resample=mode)
+        losses[mode] = train(cfg)["losses"]
+    assert len(losses["device"]) == 6
+    np.testing.assert_allclose(losses["device"], losses["host"], rtol=1e-4)
+
+
+def test_resample_mode():
+    import tensorflow as tf
+
+    from iseg.training.errors import ConfigError
+    from iseg.training.trainer import resample_mode
+
+    has_gpu = bool(tf.config.list_logical_devices("GPU"))
+    assert resample_mode("auto") == ("device" if has_gpu else "host")
+    assert resample_mode("auto", is_tpu=True) == "host"
+    assert resample_mode("device") == "device" and resample_mode("host") == "host"
+    with pytest.raises(ConfigError, match="--resample=device is not supported on TPUs"):
+        resample_mode("device", is_tpu=True)
+    with pytest.raises(ValueError, match="'gpu'"):
+        resample_mode("gpu")

@@ -196,6 +196,10 @@ def define_train_flags():
     d("bool", "flip", True, "Random horizontal flip.")
     d("bool", "brightness", True, "Random brightness (p 0.5, max delta 32).")
     d("bool", "photometric", False, "Photometric distortion (contrast, saturation).")
+    d("enum", "resample", "auto", ["auto", "host", "device"],
+      "Where training crops are resampled, colour-augmented and normalised: 'device' in the "
+      "training step (the input pipeline then only decodes the crop windows), 'host' in "
+      "tf.data; 'auto' is device on GPUs, host on CPUs and TPUs.")
     d("integer", "shuffle_buffer", 1000, "Shuffle buffer (examples).")
     d("enum", "optimizer", "sgd", ["sgd", "adam", "adamw"], "Optimizer.")
     d("float", "lr", 0.01, "Base learning rate.")

@@ -249,6 +249,136 @@ def augment(
     return place(block, lab, crop_size, do_flip, with_valid, pad)
 
 
+def axis_samples(length, out, crop_len, mirror=None):
+    """Where each of the `crop_len` output positions along one axis samples the window.
+
+    The view's block (`out` align-corners samples over `length` window pixels) sits at
+    the start of the axis, or at its end when `mirror` (a flipped view is padded on the
+    left). Returns ``indices`` int32 [3, crop_len] -- the two bilinear source pixels and
+    the nearest one (for labels; -1 marks padding) -- and ``weight`` float32 [crop_len],
+    the weight of the second source pixel. The positions are computed as `ResizeBilinear`
+    (align corners) and `nearest_index` compute them.
+    """
+    pad = tf.where(mirror, crop_len - out, 0) if mirror is not None else tf.constant(0)
+    j = tf.range(crop_len) - pad
+    valid = (j >= 0) & (j < out)
+    j = tf.clip_by_value(j, 0, out - 1)
+    step = tf.cast(length - 1, tf.float32) / tf.cast(tf.maximum(out - 1, 1), tf.float32)
+    pos = tf.cast(j, tf.float32) * step
+    lo = tf.minimum(tf.cast(tf.floor(pos), tf.int32), length - 1)
+    hi = tf.minimum(lo + 1, length - 1)
+    weight = pos - tf.floor(pos)
+    near = nearest_index(length, out)
+    if mirror is not None:  # the block of a mirrored window, in original window columns
+        lo = tf.where(mirror, length - 1 - lo, lo)
+        hi = tf.where(mirror, length - 1 - hi, hi)
+        near = tf.where(mirror, tf.reverse(near, [0]), near)
+    near = tf.where(valid, tf.gather(near, j), -1)
+    indices = tf.stack([tf.where(valid, lo, 0), tf.where(valid, hi, 0), near])
+    return indices, tf.where(valid, weight, 0.0)
+
+
+def augment_views(
+    image,
+    label,
+    seed,
+    crop_size,
+    scale_range=(0.5, 2.0),
+    scale_step=0.25,
+    scales=None,
+    flip=True,
+    brightness=True,
+    photometric=False,
+    max_brightness_delta=32.0,
+    encoded=None,
+):
+    """The random view of `augment` without its pixel work: the source window (uint8) and
+    the sampling positions and colour changes that `resample_views` applies later, on a
+    whole batch, on the accelerator. Same arguments and the same view as `augment`.
+
+    Returns a dict: ``image`` uint8 [h, w, 3] and ``label`` [h, w] (the window),
+    ``rows`` int32 [3, ch] + ``row_weight`` float32 [ch] and ``cols`` / ``col_weight``
+    (see `axis_samples`), and the colour parameters: ``brightness`` (additive delta, 0 when
+    not drawn; only with `brightness`), ``contrast`` and ``saturation`` (factors, 1 when not
+    drawn; only with `photometric`).
+    """
+    if label.shape.rank == 3:
+        label = label[..., 0]
+    start, size, out_size, do_flip, u = random_view(
+        tf.shape(label), seed, crop_size, scale_range, scale_step, scales, flip)
+    if encoded is not None:
+        window = decode_window(encoded, start, size)
+    else:
+        window = tf.slice(image, [start[0], start[1], 0], [size[0], size[1], 3])
+    rows, row_weight = axis_samples(size[0], out_size[0], crop_size[0])
+    cols, col_weight = axis_samples(size[1], out_size[1], crop_size[1], do_flip)
+    views = {
+        "image": window,
+        "label": tf.slice(label, [start[0], start[1]], [size[0], size[1]]),
+        "rows": rows, "row_weight": row_weight, "cols": cols, "col_weight": col_weight,
+    }
+    if brightness:
+        views["brightness"] = brightness_delta(u, True, max_brightness_delta)
+    if photometric:
+        views["contrast"] = tf.where(u[6] < 0.5, 0.5 + u[7], 1.0)
+        views["saturation"] = tf.where(u[8] < 0.5, 0.5 + u[9], 1.0)
+    return views
+
+
+def resample_views(views, normalization="minus_one_to_one", ignore_label=255):
+    """A batch of views (from `augment_views`, batched) -> the training batch that
+    `augment` would have produced: (images float32 [B, ch, cw, 3], normalised, 0 in
+    padding; labels int32 [B, ch, cw], `ignore_label` in padding).
+
+    Separable bilinear resampling as two batched gathers and lerps (rows on the uint8
+    window, then columns), nearest-neighbour labels, then brightness (clipped to 0..255),
+    the photometric distortion and the normalisation. Meant to run inside the training
+    step, on the accelerator; `normalization` None leaves the values on the 0..255 scale.
+    """
+    rows, cols = views["rows"], views["cols"]
+    image = views["image"]
+
+    def lerp(x, idx, weight, axis):
+        a = tf.cast(tf.gather(x, idx[:, 0], axis=axis, batch_dims=1), tf.float32)
+        b = tf.cast(tf.gather(x, idx[:, 1], axis=axis, batch_dims=1), tf.float32)
+        return a + (b - a) * weight
+
+    image = lerp(image, rows, views["row_weight"][:, :, None, None], 1)
+    image = lerp(image, cols, views["col_weight"][:, None, :, None], 2)
+    label = tf.gather(views["label"], tf.maximum(rows[:, 2], 0), axis=1, batch_dims=1)
+    label = tf.gather(label, tf.maximum(cols[:, 2], 0), axis=2, batch_dims=1)
+    valid = (rows[:, 2] >= 0)[:, :, None] & (cols[:, 2] >= 0)[:, None, :]
+    label = tf.where(valid, tf.cast(label, tf.int32), ignore_label)
+
+    def per_image(name):
+        return tf.reshape(tf.cast(views[name], tf.float32), [-1, 1, 1, 1])
+
+    if "brightness" in views:
+        image = tf.clip_by_value(image + per_image("brightness"), 0.0, 255.0)
+    if "contrast" in views:  # the contrast mean is over each image's valid pixels
+        mask = tf.cast(valid, tf.float32)[..., None]
+        count = tf.maximum(tf.reduce_sum(mask, axis=[1, 2], keepdims=True), 1.0)
+        mean = tf.reduce_sum(image * mask, axis=[1, 2], keepdims=True) / count
+        image = tf.clip_by_value((image - mean) * per_image("contrast") + mean, 0.0, 255.0)
+    if "saturation" in views:
+        image = tf.clip_by_value(_scale_saturation(image, per_image("saturation")), 0.0, 255.0)
+    if normalization is not None:
+        scale, shift, _, _ = _affine_params(0.0, normalization)
+        image = image * scale + shift
+    return tf.where(valid[..., None], image, 0.0), label
+
+
+def _scale_saturation(image, factor):
+    """HSV saturation times `factor` (clipped to 1) with hue and value kept, in RGB: each
+    channel moves away from (or towards) the maximum, ``v - (v - c) * s' / s``, as
+    `tf.image.adjust_saturation` (which converts to HSV and back) does."""
+    v = tf.reduce_max(image, axis=-1, keepdims=True)
+    spread = v - tf.reduce_min(image, axis=-1, keepdims=True)  # v * s
+    # s' / s = min(factor, 1 / s); grey pixels (spread 0) stay as they are
+    ratio = tf.minimum(factor, v / tf.maximum(spread, 1e-12))
+    return tf.where(spread > 0, v - (v - image) * ratio, image)
+
+
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 

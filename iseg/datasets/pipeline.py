@@ -6,7 +6,12 @@ brightness=True, photometric=False, seed=None, deterministic=False, input_contex
 repeat=None, shuffle_buffer=512, pad_to_multiple=None, **options)``
 
 Training yields ``(images float32 [B, ch, cw, 3], labels int32 [B, ch, cw])`` (ignore 255
-in padding, ``drop_remainder=True``). Evaluation yields ``(features, labels)`` with
+in padding, ``drop_remainder=True``). With ``resample="device"`` training yields the
+views instead -- a dict of the uint8 source windows (padded to the largest in the batch),
+their sampling positions and colour parameters (`augment.augment_views`) -- and
+``resample_views(batch, normalization)`` turns a batch of them into the same
+``(images, labels)`` inside the training step, on the accelerator: the host then only
+reads and decodes (the trainer's default). Evaluation yields ``(features, labels)`` with
 ``features = {"image", "height", "width", "filename"}``: the whole image, normalised, padded
 bottom/right to `crop_size` if smaller, else to a multiple of `pad_to_multiple` (padding is
 0 after normalisation, i.e. the mean pixel), the original height/width, and labels padded
@@ -28,6 +33,7 @@ Extra keyword options:
   validate_labels: assert every label is in [0, K) or 255 (default True).
   cycle_length: number of shards read in parallel (default: min(shards, 8) in training,
     1 in evaluation so records come in file order).
+  resample: "host" (default) or "device" (training only, see above).
 
 Normalisation: ``"minus_one_to_one"`` is ``x / 127.5 - 1``; ``"imagenet"`` is
 ``(x - mean) / std`` with the ImageNet RGB mean/std on the 0..255 scale.
@@ -46,6 +52,7 @@ from iseg.datasets.specs import IGNORE_LABEL, get_dataset_spec
 IMAGENET_MEAN = augment_lib.IMAGENET_MEAN
 IMAGENET_STD = augment_lib.IMAGENET_STD
 NORMALIZATIONS = ("minus_one_to_one", "imagenet")
+RESAMPLE = ("host", "device")
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -76,6 +83,13 @@ def mean_pixel(mode="minus_one_to_one"):
     """The 0..255 pixel value that normalises to 0 (the padding value)."""
     _check_mode(mode)
     return (127.5, 127.5, 127.5) if mode == "minus_one_to_one" else IMAGENET_MEAN
+
+
+def resample_views(views, normalization="minus_one_to_one"):
+    """A batch from ``build_dataset(..., resample="device")`` -> ``(images, labels)``, as
+    ``resample="host"`` yields them (see `augment.resample_views`)."""
+    _check_mode(normalization)
+    return augment_lib.resample_views(views, normalization, IGNORE_LABEL)
 
 
 def _resolve_source(data_dir, split, dataset, compression, file_pattern):
@@ -161,9 +175,12 @@ def build_dataset(
     scales=None,
     validate_labels=True,
     cycle_length=None,
+    resample="host",
 ):
     """A batched `tf.data.Dataset` for training or evaluation (see module docstring)."""
     _check_mode(normalization)
+    if resample not in RESAMPLE:
+        raise ValueError(f"resample must be one of {RESAMPLE}, got {resample!r}")
     if training and crop_size is None:
         raise ValueError("training needs a crop_size")
     if check not in ("header", "full", None):
@@ -227,6 +244,11 @@ def build_dataset(
         def train_map(record, element_seed):
             ex = decode(record)
             label = fix_label(ex["label"], ex["filename"])
+            if resample == "device":
+                return augment_lib.augment_views(
+                    ex.get("image"), label, element_seed, crop, scale_range=scale_range,
+                    scale_step=scale_step, scales=scales, flip=flip, brightness=brightness,
+                    photometric=photometric, encoded=ex.get("encoded"))
             img, lab, _ = augment_lib.augment(
                 ex.get("image"), label, element_seed, crop,
                 scale_range=scale_range, scale_step=scale_step, scales=scales, flip=flip,
@@ -238,6 +260,9 @@ def build_dataset(
         ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
         if skip_corrupt:
             ds = ds.ignore_errors(log_warning=True)
+    if training and resample == "device":  # windows padded to the largest in the batch
+        ds = ds.padded_batch(batch_size, drop_remainder=True)
+    elif training:
         # the bottom/right padding to the crop is done while batching (one copy), and
         # labels stay in their record dtype (uint8) until the whole batch is cast
         lab_dtype = ds.element_spec[1].dtype

@@ -35,6 +35,7 @@ class TrainConfig:
     flip: bool = True
     brightness: bool = True
     photometric: bool = False
+    resample: str = "auto"  # training crops resampled on: auto | host | device
     shuffle_buffer: int = 1000
     seed: int = 0
     deterministic: bool = False
@@ -171,8 +172,9 @@ def pipeline_options(cfg):
                 flip=cfg.flip, brightness=cfg.brightness, photometric=cfg.photometric)
 
 
-def make_train_dataset_fn(cfg, normalization):
-    """`fn(input_context, seed) -> tf.data.Dataset` of per-replica training batches."""
+def make_train_dataset_fn(cfg, normalization, resample="host"):
+    """`fn(input_context, seed) -> tf.data.Dataset` of per-replica training batches
+    (with ``resample="device"`` batches of views, see `build_dataset`)."""
     from iseg.datasets.pipeline import build_dataset
 
     def fn(input_context, seed):
@@ -183,7 +185,7 @@ def make_train_dataset_fn(cfg, normalization):
             # element order is always deterministic (cheap) so seeded runs repeat; the
             # --deterministic flag adds deterministic TF ops (slower on GPUs)
             deterministic=True, input_context=input_context, repeat=True,
-            shuffle_buffer=cfg.shuffle_buffer, **pipeline_options(cfg))
+            shuffle_buffer=cfg.shuffle_buffer, resample=resample, **pipeline_options(cfg))
     return fn
 
 

@@ -18,10 +18,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from iseg.datasets.pipeline import resample_views
 from iseg.training import checkpoints as ckpt_lib
 from iseg.training import config as config_lib
 from iseg.training import summaries
-from iseg.training.errors import EmptyDatasetError, TrainingDivergedError
+from iseg.training.errors import ConfigError, EmptyDatasetError, TrainingDivergedError
 from iseg.training.optimizers import build_optimizer, current_learning_rate, prepare_optimizer
 from iseg.training.schedules import WarmupDecay
 from iseg.training.strategy import create_strategy, per_replica_batch_size, task_info
@@ -115,8 +116,10 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
         config_lib.write_run_config(cfg.model_dir, cfg, meta, model)
 
     normalization = getattr(model, "normalization", "minus_one_to_one")
+    is_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+    resample = resample_mode(cfg.resample, is_tpu)
     if train_dataset_fn is None:
-        train_dataset_fn = config_lib.make_train_dataset_fn(cfg, normalization)
+        train_dataset_fn = config_lib.make_train_dataset_fn(cfg, normalization, resample)
 
     # Resume: find the step of the latest checkpoint before building the iterator.
     own_dir = ckpt_lib.CKPT_DIR if is_chief else f".worker{task_id}/{ckpt_lib.CKPT_DIR}"
@@ -132,7 +135,6 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
     num_workers = max(1, replicas // local_replicas)
     worker_index = _worker_index(strategy)
     per_replica = cfg.batch_size // replicas
-    is_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
     if is_tpu:  # TPU input must come from the strategy; its iterator is not saved
         iterator = iter(strategy.distribute_datasets_from_function(
             lambda ctx: train_dataset_fn(ctx, seed)))
@@ -161,7 +163,10 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
     step = int(optimizer.iterations.numpy())
     loss_scale = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-    def replica_step(x, y):
+    def replica_step(batch):
+        if isinstance(batch, dict) and "rows" in batch:  # views: resampled on this device
+            batch = resample_views(batch, normalization)
+        x, y = batch
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             # compute_loss returns this replica's share (loss / replicas), as Keras' losses
@@ -178,8 +183,7 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
         for m in trackers:
             m.reset_state()
         for _ in range(accum):
-            x, y = split(next(it))
-            strategy.run(replica_step, args=(x, y))
+            strategy.run(replica_step, args=(split(next(it)),))
         return {m.name: m.result() for m in trackers}
 
     writer = (tf.summary.create_file_writer(os.path.join(cfg.model_dir, "logs", "train"))
@@ -240,6 +244,21 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
     if after_training is not None and is_chief:
         after_training(model, result)
     return result
+
+
+def resample_mode(resample, is_tpu=False):
+    """'host' or 'device' for the --resample setting: 'auto' resamples on the device when
+    there are GPUs (the gathers are cheap there, and the host only decodes), on the host
+    otherwise (a CPU runs the batched gathers slower than tf.data's per-image resize;
+    TPUs need the host pipeline's static shapes)."""
+    if resample not in ("auto", "host", "device"):
+        raise ValueError(f"resample must be 'auto', 'host' or 'device', got {resample!r}")
+    if resample == "device" and is_tpu:
+        raise ConfigError("--resample=device is not supported on TPUs (the windows have "
+                         "dynamic shapes); use --resample=host or auto")
+    if resample == "auto":
+        return "device" if not is_tpu and tf.config.list_logical_devices("GPU") else "host"
+    return resample
 
 
 def _make_periodic_eval(cfg, model, meta, normalization, eval_dataset_fn, is_chief):
