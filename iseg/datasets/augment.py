@@ -336,16 +336,18 @@ def resample_views(views, normalization="minus_one_to_one", ignore_label=255):
     step, on the accelerator; `normalization` None leaves the values on the 0..255 scale.
     """
     rows, cols = views["rows"], views["cols"]
-    image = views["image"]
+    # float32 before gathering: GPUs have no uint8 gather kernel (labels < 256 are exact)
+    image = tf.cast(views["image"], tf.float32)
 
     def lerp(x, idx, weight, axis):
-        a = tf.cast(tf.gather(x, idx[:, 0], axis=axis, batch_dims=1), tf.float32)
-        b = tf.cast(tf.gather(x, idx[:, 1], axis=axis, batch_dims=1), tf.float32)
+        a = tf.gather(x, idx[:, 0], axis=axis, batch_dims=1)
+        b = tf.gather(x, idx[:, 1], axis=axis, batch_dims=1)
         return a + (b - a) * weight
 
     image = lerp(image, rows, views["row_weight"][:, :, None, None], 1)
     image = lerp(image, cols, views["col_weight"][:, None, :, None], 2)
-    label = tf.gather(views["label"], tf.maximum(rows[:, 2], 0), axis=1, batch_dims=1)
+    label = tf.cast(views["label"], tf.float32)
+    label = tf.gather(label, tf.maximum(rows[:, 2], 0), axis=1, batch_dims=1)
     label = tf.gather(label, tf.maximum(cols[:, 2], 0), axis=2, batch_dims=1)
     valid = (rows[:, 2] >= 0)[:, :, None] & (cols[:, 2] >= 0)[:, None, :]
     label = tf.where(valid, tf.cast(label, tf.int32), ignore_label)
@@ -408,8 +410,12 @@ def brightness_delta(u, brightness, max_delta=32.0):
 def photometric_distortion(block, u):
     """Contrast then saturation, each with p 0.5 and a factor in 0.5..1.5, clipped to
     0..255 (the contrast mean is taken over the valid pixels)."""
-    mean = tf.reduce_mean(block, axis=[0, 1])
-    contrasted = tf.clip_by_value((block - mean) * (0.5 + u[7]) + mean, 0.0, 255.0)
-    block = tf.where(u[6] < 0.5, contrasted, block)
-    saturated = tf.clip_by_value(tf.image.adjust_saturation(block, 0.5 + u[9]), 0.0, 255.0)
-    return tf.where(u[8] < 0.5, saturated, block)
+    def contrast():
+        mean = tf.reduce_mean(block, axis=[0, 1])
+        return tf.clip_by_value((block - mean) * (0.5 + u[7]) + mean, 0.0, 255.0)
+
+    block = tf.cond(u[6] < 0.5, contrast, lambda: block)
+    return tf.cond(
+        u[8] < 0.5,
+        lambda: tf.clip_by_value(_scale_saturation(block, 0.5 + u[9]), 0.0, 255.0),
+        lambda: block)
