@@ -330,8 +330,8 @@ def resample_views(views, normalization="minus_one_to_one", ignore_label=255):
     `augment` would have produced: (images float32 [B, ch, cw, 3], normalised, 0 in
     padding; labels int32 [B, ch, cw], `ignore_label` in padding).
 
-    Separable bilinear resampling as two batched gathers and lerps (rows on the uint8
-    window, then columns), nearest-neighbour labels, then brightness (clipped to 0..255),
+    Separable bilinear resampling as two batched gathers and lerps (rows, then columns),
+    nearest-neighbour labels, then brightness (clipped to 0..255),
     the photometric distortion and the normalisation. Meant to run inside the training
     step, on the accelerator; `normalization` None leaves the values on the 0..255 scale.
     """
