@@ -67,6 +67,16 @@ def decode_window(encoded, start, size):
     return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
 
+def source_window(image, label, start, size, encoded=None):
+    """The window ``start`` (y, x) + ``size`` (h, w) of the image (or of the encoded image
+    bytes, decoded only there) and of the label."""
+    if encoded is not None:
+        window = decode_window(encoded, start, size)
+    else:
+        window = tf.slice(image, [start[0], start[1], 0], [size[0], size[1], 3])
+    return window, tf.slice(label, [start[0], start[1]], [size[0], size[1]])
+
+
 def crop_block(image, label, start, size, out_size, flip=None, encoded=None, affine=None):
     """Resample the source window ``start`` + ``size`` to ``out_size`` (align corners).
 
@@ -80,11 +90,7 @@ def crop_block(image, label, start, size, out_size, flip=None, encoded=None, aff
       image float32 [oh, ow, 3] (0..255, or affine-mapped), label [oh, ow] (the label's
       dtype).
     """
-    if encoded is not None:
-        window = decode_window(encoded, start, size)
-    else:
-        window = tf.slice(image, [start[0], start[1], 0], [size[0], size[1], 3])
-    lab = tf.slice(label, [start[0], start[1]], [size[0], size[1]])
+    window, lab = source_window(image, label, start, size, encoded)
     cols = nearest_index(size[1], out_size[1])
     if flip is not None:
         window = tf.cond(flip, lambda: tf.reverse(window, [1]), lambda: window)
@@ -306,16 +312,12 @@ def augment_views(
         label = label[..., 0]
     start, size, out_size, do_flip, u = random_view(
         tf.shape(label), seed, crop_size, scale_range, scale_step, scales, flip)
-    if encoded is not None:
-        window = decode_window(encoded, start, size)
-    else:
-        window = tf.slice(image, [start[0], start[1], 0], [size[0], size[1], 3])
+    window, lab = source_window(image, label, start, size, encoded)
     rows, row_weight = axis_samples(size[0], out_size[0], crop_size[0])
     cols, col_weight = axis_samples(size[1], out_size[1], crop_size[1], do_flip)
     views = {
-        "image": window,
-        "label": tf.slice(label, [start[0], start[1]], [size[0], size[1]]),
-        "rows": rows, "row_weight": row_weight, "cols": cols, "col_weight": col_weight,
+        "image": window, "label": lab, "rows": rows, "row_weight": row_weight,
+        "cols": cols, "col_weight": col_weight,
     }
     if brightness:
         views["brightness"] = brightness_delta(u, True, max_brightness_delta)
