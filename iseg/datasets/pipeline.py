@@ -11,8 +11,10 @@ views instead -- a dict of the uint8 source windows (padded to the largest in th
 their sampling positions and colour parameters (`augment.augment_views`) -- and
 ``resample_views(batch, normalization)`` turns a batch of them into the same
 ``(images, labels)`` inside the training step, on the accelerator: the host then only
-reads and decodes (the trainer does this on GPUs, see `--resample`). Evaluation yields ``(features, labels)`` with
-``features = {"image", "height", "width", "filename"}``: the whole image, normalised, padded
+reads and decodes (the trainer does this on GPUs, see `--resample`).
+
+Evaluation yields ``(features, labels)`` with ``features = {"image", "height", "width",
+"filename"}``: the whole image, normalised, padded
 bottom/right to `crop_size` if smaller, else to a multiple of `pad_to_multiple` (padding is
 0 after normalisation, i.e. the mean pixel), the original height/width, and labels padded
 with 255. Eval batches use ``padded_batch`` (pad value 0 / 255), so any batch size works.
