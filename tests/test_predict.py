@@ -12,6 +12,7 @@ from iseg.export import export_saved_model, save_keras
 from iseg.datasets.pipeline import normalize
 
 sys.path.insert(0, os.path.dirname(__file__))
+from files_testutil import checksums  # noqa: E402
 from test_train_support import META, tiny_model_fn  # noqa: E402
 
 
@@ -65,3 +66,72 @@ def test_bad_inputs(tmp_path):
         list_images(str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Predictor(str(tmp_path / "empty"))
+
+
+def _folder_of_images(folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def _one_line_error(capsys, program="iseg.cli.predict"):
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith(f"{program}: error:")]
+    assert len(errors) == 1
+    return errors[0]
+
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_predict_refuses_an_output_folder_in_the_input(tmp_path, model, capsys, where):
+    from absl import flags
+
+    from iseg.cli import predict
+
+    inp = _folder_of_images(tmp_path / "in", ["a.png", "b.jpg"])
+    (inp / "sub").mkdir()
+    before = checksums(inp)
+    out = inp if where == "same" else inp / "sub" / "out"
+    keras_file = save_keras(model, str(tmp_path / "model.keras"))
+    with pytest.raises(SystemExit) as e:
+        try:
+            predict.run(["predict", f"--model={keras_file}", f"--input={inp}",
+                         f"--output={out}"])
+        finally:
+            flags.FLAGS.unparse_flags()
+    assert e.value.code == 1
+    verb = "is" if where == "same" else "is inside"
+    assert _one_line_error(capsys) == (
+        f"iseg.cli.predict: error: --output={out} {verb} --input={inp}: the predictions "
+        "would mix with (and could overwrite) the input images; choose another --output "
+        "folder")
+    assert checksums(inp) == before and not (inp / "sub" / "out").exists()
+
+
+def test_predict_never_overwrites_an_input_file(tmp_path, model):
+    from iseg.training.errors import ConfigError
+
+    inp = _folder_of_images(tmp_path / "in", ["a.png"])
+    before = checksums(inp)
+    p = Predictor(save_keras(model, str(tmp_path / "model.keras")))
+    with pytest.raises(ConfigError, match=f"--output={inp}: writing {inp}/a.png would "
+                       "overwrite an input image; choose another --output folder"):
+        predict_folder(p, str(inp / "a.png"), str(inp), progress=False)
+    assert checksums(inp) == before
+
+
+def test_inputs_sharing_a_name_get_distinct_outputs(tmp_path, model):
+    inp = _folder_of_images(tmp_path / "in", ["a.png", "a.jpg", "a.PNG", "b.bmp", "c.png"])
+    before = checksums(inp)
+    p = Predictor(save_keras(model, str(tmp_path / "model.keras")))
+    written = predict_folder(p, str(inp), str(tmp_path / "out"), progress=False)
+    names = ["a_PNG", "a_jpg", "a_png_2", "b", "c"]  # distinct without regard to case
+    assert sorted(written) == sorted(names)  # one output per input, counted once each
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(
+        [n + ".png" for n in names] + [n + "_overlay.jpg" for n in names])
+    for name, src in (("a_png_2", "a.png"), ("a_jpg", "a.jpg"), ("b", "b.bmp")):
+        image = np.asarray(Image.open(inp / src).convert("RGB"))
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"{name}.png")),
+                                      p.predict(image))
+    assert checksums(inp) == before

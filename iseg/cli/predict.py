@@ -3,7 +3,10 @@
 `--model` may be a training model_dir, a checkpoint prefix inside one, a SavedModel folder
 written by `iseg.cli.export`, or a `.keras` file. For every image in `--input` (png, jpg,
 bmp) it writes `<name>.png` (palette PNG, pixel value = class id) and `<name>_overlay.jpg`
-(colours blended on the image) to `--output`.
+(colours blended on the image) to `--output`. `<name>` is the file name without its
+extension, or with it (`a_jpg`) where two inputs share a name (`a.png`, `a.jpg`).
+`--output` may not be `--input` or a folder inside it, and no input file is ever
+overwritten.
 """
 
 import glob
@@ -102,24 +105,69 @@ def list_images(path):
     return files
 
 
+def output_names(files):
+    """A distinct output name per input file: its name without the extension, or with it
+    (`a_jpg`) where inputs share a name (`a.png`, `a.jpg`)."""
+    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    names, taken = [], set()
+    for f, stem in zip(files, stems):
+        name = stem
+        if stems.count(stem) > 1:
+            name = f"{stem}_{os.path.splitext(f)[1].lstrip('.')}"
+        base, n = name, 1
+        while name.lower() in taken:  # distinct on case-insensitive file systems too
+            n += 1
+            name = f"{base}_{n}"
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+def output_paths(output_dir, name):
+    """(label map, overlay) paths of one output name."""
+    return (os.path.join(output_dir, name + ".png"),
+            os.path.join(output_dir, name + "_overlay.jpg"))
+
+
+def check_output_folder(input_path, output_dir, files, names):
+    """Refuse an output folder equal to or inside the input folder, and any output path
+    that is an input file."""
+    from iseg.training.errors import ConfigError
+
+    inp, out = os.path.realpath(input_path), os.path.realpath(output_dir)
+    if os.path.isdir(inp) and (out == inp or out.startswith(inp.rstrip(os.sep) + os.sep)):
+        where = "is" if out == inp else "is inside"
+        raise ConfigError(f"--output={output_dir} {where} --input={input_path}: the "
+                          "predictions would mix with (and could overwrite) the input "
+                          "images; choose another --output folder")
+    inputs = {os.path.realpath(f) for f in files}
+    for name in names:
+        for path in output_paths(output_dir, name):
+            if os.path.realpath(path) in inputs:
+                raise ConfigError(f"--output={output_dir}: writing {path} would overwrite "
+                                  "an input image; choose another --output folder")
+
+
 def predict_folder(predictor, input_path, output_dir, alpha=0.5, progress=True):
+    """Predict every image; returns the output names actually written."""
     from PIL import Image
     from tqdm import tqdm
 
     from iseg.evaluation.visualize import overlay, save_label_png
 
     files = list_images(input_path)
+    names = output_names(files)
+    check_output_folder(input_path, output_dir, files, names)
     os.makedirs(output_dir, exist_ok=True)
     palette = predictor.palette
     written = []
-    for f in tqdm(files, unit="image", disable=not progress):
+    for f, name in tqdm(list(zip(files, names)), unit="image", disable=not progress):
         image = np.asarray(Image.open(f).convert("RGB"))
         labels = predictor.predict(image)
-        stem = os.path.splitext(os.path.basename(f))[0]
-        save_label_png(os.path.join(output_dir, stem + ".png"), labels, palette)
-        Image.fromarray(overlay(image, labels, palette, alpha)).save(
-            os.path.join(output_dir, stem + "_overlay.jpg"), quality=92)
-        written.append(stem)
+        label_path, overlay_path = output_paths(output_dir, name)
+        save_label_png(label_path, labels, palette)
+        Image.fromarray(overlay(image, labels, palette, alpha)).save(overlay_path, quality=92)
+        written.append(name)
     return written
 
 
