@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,9 @@ from iseg.evaluation.inference import predict_logits
 from iseg.export import export_saved_model, save_keras
 from iseg.datasets.pipeline import normalize
 from iseg.training.config import DatasetMeta, TrainConfig, build_model_from_config
+
+sys.path.insert(0, os.path.dirname(__file__))
+from files_testutil import checksums  # noqa: E402
 
 META = DatasetMeta(num_classes=3, class_names=["a", "b", "c"],
                    palette=[(255, 0, 0), (0, 255, 0), (0, 0, 255)])
@@ -79,3 +83,35 @@ def test_keras_file_round_trip(tmp_path, model):
     x = np.random.default_rng(2).normal(size=(1, 33, 33, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded(x, training=False), model(x, training=False),
                                atol=1e-5)
+
+
+BAD_IMAGES = [
+    ((1, 9, 9, 1), "a channel count other than 3"),
+    ((1, 9, 9, 4), "a channel count other than 3"),
+    ((0, 9, 9, 3), "an empty batch"),
+    ((2, 0, 0, 3), "an empty (0-pixel) image"),
+    ((1, 9, 0, 3), "an empty (0-pixel) image"),
+    ((9, 9, 3), "a batch of rank other than 4"),
+    ((1, 1, 9, 9, 3), "a batch of rank other than 4"),
+]
+
+
+def test_saved_model_signatures_reject_bad_images(tmp_path, model):
+    path = export_saved_model(model, str(tmp_path / "export"))
+    before = checksums(path)
+    loaded = tf.saved_model.load(path)
+    serve = loaded.signatures["serve_images"]
+    for shape, reason in BAD_IMAGES:
+        shown = " ".join(str(d) for d in shape)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
+                f"[images must be uint8 [N, H, W, 3] with N, H, W > 0; got] [{reason}] "
+                f"[of shape] [{shown}]")):
+            serve(images=tf.zeros(shape, tf.uint8))
+    assert serve(images=tf.zeros((1, 9, 9, 3), tf.uint8))["labels"].shape == (1, 9, 9)
+    encoded = loaded.signatures["serve_encoded"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
+            "[encoded must hold at least one image; got an empty batch]")):
+        encoded(encoded=tf.constant([], tf.string))
+    gray = tf.io.encode_png(tf.zeros((5, 6, 1), tf.uint8))  # decoded to RGB: accepted
+    assert encoded(encoded=tf.stack([gray]))["labels"].shape == (1, 5, 6)
+    assert checksums(path) == before

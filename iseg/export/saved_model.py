@@ -7,6 +7,11 @@ Signatures (both return `labels` int32 `[N, H, W]` and `probabilities` float32
 - `serve_encoded`: `encoded` string `[N]` of JPEG/PNG/BMP/GIF bytes (decoded to RGB; the
   images of one call must share a size).
 
+A loaded signature does not check shapes (nor does TF Serving), so the graph does: a batch
+of another rank, another channel count, no images or an empty (0-pixel) image fails with an
+`InvalidArgumentError` saying so. (`images` is declared with an unknown shape so that these
+checks are not folded away at export.)
+
 Normalisation, multi-scale and flip averaging (of logits) are baked into the graph.
 `export.json` beside the SavedModel records classes, palette and settings.
 """
@@ -32,15 +37,14 @@ class SegmentationExportModule(tf.Module):
         self._align_corners = bool(align_corners)
 
     def _run(self, images):
-        x = normalize(images, self._normalization)
+        x = normalize(check_images(images), self._normalization)
         logits = predict_logits(lambda t: self.model(t, training=False), x,
                                 scales=self._scales, flip=self._flip,
                                 align_corners=self._align_corners)
         return {"labels": tf.argmax(logits, axis=-1, output_type=tf.int32),
                 "probabilities": tf.nn.softmax(logits, axis=-1)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
-                                                name="images")])
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
     def serve_images(self, images):
         return self._run(images)
 
@@ -50,9 +54,38 @@ class SegmentationExportModule(tf.Module):
             img = tf.io.decode_image(b, channels=3, expand_animations=False)
             return tf.ensure_shape(img, [None, None, 3])
 
+        check = tf.debugging.Assert(tf.size(encoded) > 0, [
+            "encoded must hold at least one image; got an empty batch"])
+        with tf.control_dependencies([check]):
+            encoded = tf.identity(encoded)
         images = tf.map_fn(decode, encoded,
                            fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
         return self._run(images)
+
+
+def check_images(images):
+    """`images` with static shape `[N, H, W, 3]` once the graph has checked that it is a
+    non-empty batch of non-empty RGB images (else InvalidArgumentError saying what is
+    wrong and the shape)."""
+    shape = tf.shape(images)
+    dims = tf.concat([shape, tf.ones([4], tf.int32)], 0)[:4]  # indexable at any rank
+    problems = [(tf.rank(images) != 4, "a batch of rank other than 4"),
+                (dims[3] != 3, "a channel count other than 3"),
+                (dims[0] == 0, "an empty batch"),
+                (tf.reduce_any(dims[1:3] == 0), "an empty (0-pixel) image")]
+    reason = tf.constant("")
+    for bad, text in reversed(problems):
+        reason = tf.where(bad, text, reason)
+    check = tf.debugging.Assert(
+        tf.equal(reason, ""),
+        ["images must be uint8 [N, H, W, 3] with N, H, W > 0; got", reason,
+         "of shape", shape], summarize=8)
+    with tf.control_dependencies([check]):
+        images = tf.identity(images)
+    # set_shape, not ensure_shape: graph optimisation would infer the rank from an
+    # EnsureShape op and fold the rank check away
+    images.set_shape([None, None, None, 3])
+    return images
 
 
 def export_saved_model(model, output_dir, *, normalization=None, scales=(1.0,), flip=False,
