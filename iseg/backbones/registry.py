@@ -91,8 +91,10 @@ def build_backbone(name, weights=None, input_shape=(None, None, 3), **options):
     (e.g. stride in the 1x1 conv and conv biases for keras.applications ResNet); options
     passed here override those defaults.
 
-    The model also carries `model.endpoint_channels` ({endpoint: channels}); the same is
-    available from `endpoint_channels(model)` for a loaded model.
+    The model also carries `model.endpoint_channels` ({endpoint: channels}; the same is
+    available from `endpoint_channels(model)` for a loaded model) and `model.build_options`:
+    the effective options it was built with, the weight file's layout included, so that
+    `build_backbone(name, **model.build_options)` rebuilds the same network without the file.
     """
     builder = BACKBONES.get(name)
     valid = _valid_options(builder)
@@ -130,6 +132,7 @@ def build_backbone(name, weights=None, input_shape=(None, None, 3), **options):
 
     model = builder(input_shape=input_shape, name=name, **options)
     model.endpoint_channels = endpoint_channels(model)
+    model.build_options = options
     if source is not None:
         source.load_into(model)
         logging.info("Loaded %s weights into backbone %s", source.description, name)

@@ -14,14 +14,48 @@ FLAGS = flags_lib.FLAGS
 PROGRAM = "iseg.cli.evaluate"
 
 
-def load_model_for_inference(cfg, checkpoint=None):
-    """(model, meta) rebuilt from the config, weights from `checkpoint` or model_dir."""
+#: The config fields that decide the network (the weight file only decides it through the
+#: layout recorded in run_config.json).
+MODEL_FIELDS = ("model", "head", "backbone", "backbone_options", "head_options", "aux_weight",
+                "car", "car_options")
+
+
+def _recorded_model(cfg, run_dir):
+    """The model of `<run_dir>/run_config.json` when the config's model flags are the
+    recorded ones, else None (the flags then ask for another network)."""
+    import dataclasses
+    import json
+
+    from absl import logging
+
     from iseg.training import config as config_lib
-    from iseg.training.checkpoints import restore_model
+
+    if not os.path.isfile(os.path.join(run_dir, "run_config.json")):
+        return None
+    record = config_lib.read_run_config(run_dir)
+    ours = json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
+    changed = [k for k in MODEL_FIELDS if ours.get(k) != record["config"].get(k)]
+    if changed:
+        logging.info("Model flags %s differ from %s/run_config.json: model built from the "
+                     "flags", ", ".join(changed), run_dir)
+        return None
+    return config_lib.rebuild_model(record)
+
+
+def load_model_for_inference(cfg, checkpoint=None):
+    """(model, meta), weights from `checkpoint` or the latest in model_dir. The model is
+    the trained network recorded in the checkpoint's `run_config.json` (no backbone weight
+    file needed) unless the model flags differ from the recorded ones; then, and without a
+    record, it is built from the flags."""
+    from iseg.training import config as config_lib
+    from iseg.training.checkpoints import resolve_checkpoint, restore_model
 
     meta = config_lib.dataset_meta(cfg)
-    model = config_lib.build_model_from_config(cfg, meta)
-    restore_model(model, checkpoint or cfg.model_dir)
+    path = resolve_checkpoint(checkpoint or cfg.model_dir)
+    model = _recorded_model(cfg, os.path.dirname(os.path.dirname(path)))
+    if model is None:
+        model = config_lib.build_model_from_config(cfg, meta)
+    restore_model(model, path)
     return model, meta
 
 

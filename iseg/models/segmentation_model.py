@@ -34,7 +34,10 @@ class SegmentationModel(keras.Model):
         mapping images to an endpoint dict `{"stem", "c2", "c3", "c4", "c5"}`.
       head: a registered head name (see `iseg.heads.HEADS`) or a `Head` instance.
       num_classes: number of classes K.
-      backbone_options / head_options: keyword options of the named builders.
+      backbone_options / head_options: keyword options of the named builders. The saved
+        config holds the backbone's effective options (`build_backbone`'s `build_options`:
+        the user's options merged with the layout a weight file fixes), so a reloaded model
+        is the trained network without the weight file.
       backbone_weights: None, "imagenet" or a weight file for the backbone (only used at
         construction; a reloaded model gets its weights from the saved file).
       aux_weight: weight of the auxiliary FCN head on `c4` (0 or None: no aux head). Heads
@@ -93,6 +96,9 @@ class SegmentationModel(keras.Model):
             self.backbone = build_backbone(
                 backbone, weights=backbone_weights, **self.backbone_options
             )
+            # what a weight file decided (stem, stride placement, biases, epsilon, input
+            # convention) is part of the architecture: saved with the user's options
+            self.backbone_options = dict(self.backbone.build_options)
             default_norm = backbone_normalization(backbone, backbone_weights)
         else:
             self.backbone_name = None

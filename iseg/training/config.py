@@ -224,10 +224,13 @@ def read_run_config(model_dir):
 
 
 def rebuild_model(record):
-    """Rebuild (without weights) the model described by a run_config.json record."""
+    """Rebuild (without weights) the model described by a run_config.json record, in
+    float32 whatever the training precision (the record's layers are rebuilt under the
+    global policy; this keeps the model's own input cast consistent with them)."""
     import keras
 
-    model = keras.saving.deserialize_keras_object(record["model"])
+    config = dict(record["model"], config=dict(record["model"]["config"], dtype="float32"))
+    model = keras.saving.deserialize_keras_object(config)
     build_for_inference(model)
     return model
 
