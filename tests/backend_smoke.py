@@ -19,8 +19,31 @@ MODELS = {
 }
 
 
+def check_gradient_scale():
+    """A training step through GradientScale: scale 0 freezes what lies before it."""
+    from iseg.layers import GradientScale
+
+    for scale, moves in ((0.0, False), (0.5, True)):
+        inputs = keras.Input((4,))
+        first = keras.layers.Dense(3, name="first")
+        y = keras.layers.Dense(2, name="second")(GradientScale(scale)(first(inputs)))
+        model = keras.Model(inputs, y)
+        x = np.ones((2, 4), "float32")
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(model(x)),
+            keras.ops.convert_to_numpy(model.get_layer("second")(first(x))),
+        )
+        before = keras.ops.convert_to_numpy(first.kernel).copy()
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        model.fit(x, np.ones((2, 2), "float32"), verbose=0)
+        moved = not np.allclose(before, keras.ops.convert_to_numpy(first.kernel))
+        assert moved == moves, (scale, moved)
+    print("gradient scale: ok")
+
+
 def main():
     assert keras.backend.backend() == os.environ["KERAS_BACKEND"], keras.backend.backend()
+    check_gradient_scale()
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, size=(2, 33, 33, 3)).astype("float32")

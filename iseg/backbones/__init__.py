@@ -1,8 +1,9 @@
-"""iseg.backbones: ResNet (v1 / deep stem, dilated), ConvNeXt and Swin as Keras models whose
+"""iseg.backbones: ResNet (v1 / deep stem, dilated), ConvNeXt, Swin and HRNetV2 as Keras models whose
 output is a dict of endpoints {"stem", "c2", "c3", "c4", "c5"}."""
 
 from iseg.backbones.common import DropPath
 from iseg.backbones.convnext import ConvNeXtBlock, ConvNeXtDownsample, build_convnext
+from iseg.backbones.hrnet import ConvBNChain, HRFuse, ResizeConcat, build_hrnet
 from iseg.backbones.registry import (
     BACKBONES,
     ENDPOINTS,

@@ -6,6 +6,7 @@ import inspect
 from absl import logging
 
 from iseg.backbones.convnext import CONVNEXT_SIZES, build_convnext
+from iseg.backbones.hrnet import HRNET_WIDTHS, build_hrnet
 from iseg.backbones.resnet import build_resnet
 from iseg.backbones.swin import SWIN_SIZES, build_swin
 from iseg.registry import Registry
@@ -53,6 +54,15 @@ def _swin(size, window_size=7):
     return builder
 
 
+def _hrnet(width):
+    builder = functools.partial(build_hrnet, width)
+    builder.family = "hrnet"
+    builder.width = width
+    builder.defaults = {}
+    builder.target = build_hrnet
+    return builder
+
+
 for _depth in (18, 34, 50, 101, 152):
     BACKBONES.register(f"resnet{_depth}")(_resnet(_depth))
 
@@ -73,10 +83,13 @@ for _size in SWIN_SIZES:
 for _size in ("base", "large"):
     BACKBONES.register(f"swin_{_size}_w12")(_swin(_size, window_size=12))
 
+for _width in HRNET_WIDTHS:
+    BACKBONES.register(f"hrnetv2_w{_width}")(_hrnet(_width))
+
 
 def _valid_options(builder):
     params = inspect.signature(builder.target).parameters
-    return sorted(set(params) - {"depth", "size", "name"})
+    return sorted(set(params) - {"depth", "size", "width", "name"})
 
 
 def build_backbone(name, weights=None, input_shape=(None, None, 3), **options):
@@ -114,9 +127,12 @@ def build_backbone(name, weights=None, input_shape=(None, None, 3), **options):
             )
         if options.pop("multi_grid", None):
             raise ValueError(f"multi_grid applies to ResNet backbones only, not {name!r}")
-        for key in ("bn_momentum", "bn_epsilon") + (
-            ("layer_scale_init",) if family == "swin" else ()
-        ):
+        ignored = {
+            "convnext": ("bn_momentum", "bn_epsilon"),
+            "swin": ("bn_momentum", "bn_epsilon", "layer_scale_init"),
+            "hrnet": ("drop_path_rate", "layer_scale_init"),
+        }[family]
+        for key in ignored:
             if key in options:
                 logging.debug("Backbone %s ignores option %s", name, key)
                 options.pop(key)

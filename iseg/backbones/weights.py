@@ -46,6 +46,7 @@ TIMM_HINT = {
     "resnet": "timm 'resnet50d' / 'resnet101d' (deep stem) or 'resnet50' model.safetensors",
     "convnext": "timm 'convnext_tiny' (etc.) model.safetensors",
     "swin": "timm 'swin_tiny_patch4_window7_224' (etc.) model.safetensors",
+    "hrnet": "timm 'hrnet_w18' / 'hrnet_w48' model.safetensors",
 }
 
 
@@ -144,6 +145,10 @@ class TimmSource:
                 avg_down="layer2.0.downsample.2.weight" in self.tensors,
                 bn_epsilon=1e-5,
             )
+        if self.family == "hrnet":
+            if "conv1.weight" not in self.tensors:
+                raise ValueError(f"{self.path}: no 'conv1' tensors; not a timm HRNet file")
+            return dict(stem_width=int(self.tensors["conv1.weight"].shape[0]), bn_epsilon=1e-5)
         if self.family == "swin":
             key = "layers.0.blocks.0.attn.relative_position_bias_table"
             if key in self.tensors:
@@ -186,15 +191,48 @@ class TimmSource:
                 self._bn(a, bn, bk)
         for block in _layers(model, ResNetBlock):
             stage, j = _stage_block(block.name)
-            prefix = f"layer{stage - 1}.{j - 1}."
-            for i, (conv, bn) in enumerate(zip(block.convs, block.bns)):
-                self._conv(a, conv, f"{prefix}conv{i + 1}")
-                self._bn(a, bn, f"{prefix}bn{i + 1}.")
-            if block.shortcut_conv is not None:
-                k = 0 if block.shortcut == "conv" else 1
-                self._conv(a, block.shortcut_conv, f"{prefix}downsample.{k}")
-                self._bn(a, block.shortcut_bn, f"{prefix}downsample.{k + 1}.")
+            self._res_block(a, block, f"layer{stage - 1}.{j - 1}.")
         return ("fc.", "num_batches_tracked")
+
+    def _res_block(self, a, block, prefix):
+        for i, (conv, bn) in enumerate(zip(block.convs, block.bns)):
+            self._conv(a, conv, f"{prefix}conv{i + 1}")
+            self._bn(a, bn, f"{prefix}bn{i + 1}.")
+        if block.shortcut_conv is not None:
+            k = 0 if block.shortcut == "conv" else 1
+            self._conv(a, block.shortcut_conv, f"{prefix}downsample.{k}")
+            self._bn(a, block.shortcut_bn, f"{prefix}downsample.{k + 1}.")
+
+    def _chain(self, a, chain, prefixes):
+        """ConvBNChain step i <- `{prefixes[i]}0` (conv) and `{prefixes[i]}1` (BN)."""
+        for conv, bn, prefix in zip(chain.convs, chain.bns, prefixes):
+            self._conv(a, conv, prefix + "0")
+            self._bn(a, bn, prefix + "1.")
+
+    def _hrnet(self, a, model):
+        for k in (1, 2):
+            chain = model.get_layer(f"stem{k}")
+            self._conv(a, chain.convs[0], f"conv{k}")
+            self._bn(a, chain.bns[0], f"bn{k}.")
+        for layer in model.layers:
+            name = layer.name
+            if isinstance(layer, ResNetBlock) and name.startswith("layer1_"):
+                self._res_block(a, layer, f"layer1.{int(name.split('block')[1]) - 1}.")
+            elif isinstance(layer, ResNetBlock):  # stage{s}_module{m}_branch{b}_block{k}
+                s, m, b, k = (int(p.lstrip("stagemodulebranchblock")) for p in name.split("_"))
+                self._res_block(a, layer, f"stage{s}.{m - 1}.branches.{b}.{k - 1}.")
+            elif name.startswith("transition"):  # transition{t}_{i}; a new branch nests once
+                t, i = name[len("transition") :].split("_")
+                nest = "0." if layer.specs[0][2] == 2 else ""
+                self._chain(a, layer, [f"transition{t}.{i}.{nest}"])
+            elif name.startswith("stage") and "_fuse" in name:
+                s, m, i = (int(p.lstrip("stagemodulefuse")) for p in name.split("_"))
+                for j, path in layer.paths.items():
+                    prefix = f"stage{s}.{m - 1}.fuse_layers.{i}.{j}."
+                    steps = [prefix] if j > i else [f"{prefix}{k}." for k in range(i - j)]
+                    self._chain(a, path, steps)
+        return ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.",
+                "num_batches_tracked")
 
     def _convnext(self, a, model):
         stem = model.get_layer("stem")
@@ -409,7 +447,7 @@ class KerasAppSource:
 
 def _imagenet(name, builder):
     """keras.applications' ImageNet weights (downloaded to ~/.keras/models)."""
-    if builder.family == "swin" or (builder.family == "resnet" and builder.defaults.get("stem") == "deep"):
+    if builder.family in ("swin", "hrnet") or (builder.family == "resnet" and builder.defaults.get("stem") == "deep"):
         raise ValueError(
             f"No keras.applications ImageNet weights exist for backbone {name!r}. Download "
             f"{TIMM_HINT[builder.family]} from the Hugging Face hub and pass its path as "

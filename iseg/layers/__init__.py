@@ -12,3 +12,4 @@ from iseg.layers.axial_attention import ChannelGate, ChannelizedAxialAttention
 from iseg.layers.jpu import JointPyramidUpsampling
 from iseg.layers.ksac import KernelSharingASPP
 from iseg.layers.car import CARBlock
+from iseg.layers.grad_scale import GradientScale, scale_gradient
