@@ -9,7 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from iseg.evaluation import Evaluator, write_results
-from iseg.training.errors import EmptyDatasetError
+from iseg.errors import EmptyDatasetError
 
 K = 3
 

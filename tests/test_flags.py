@@ -105,7 +105,7 @@ def test_config_from_flags_and_defaults(tmp_path):
 
 def test_unknown_model_backbone_head_dataset_list_valid_names():
     from iseg.training.config import TrainConfig, build_model_from_config, dataset_meta
-    from iseg.training.errors import ConfigError
+    from iseg.errors import ConfigError
 
     meta = dataset_meta(TrainConfig(dataset="shapes"))
     with pytest.raises(ConfigError, match="Unknown model 'nope'.*resnet50_d8"):
@@ -118,3 +118,22 @@ def test_unknown_model_backbone_head_dataset_list_valid_names():
         dataset_meta(TrainConfig(dataset="pascal"))
     with pytest.raises(ConfigError, match="--model, or both --head and --backbone"):
         build_model_from_config(TrainConfig(head="fcn"), meta)
+
+
+def test_every_config_field_is_a_flag_with_its_default_help_and_choices():
+    import dataclasses
+
+    from iseg.training.config import TrainConfig
+
+    flags_lib.define_train_flags()
+    flags_lib.FLAGS.unparse_flags()
+    flags_lib.FLAGS(["prog"])
+    try:
+        cfg = flags_lib.config_from_flags(["prog"])
+    finally:
+        flags_lib.FLAGS.unparse_flags()
+    assert cfg == TrainConfig(model_dir=os.path.join("runs", "default"))
+    for field in dataclasses.fields(TrainConfig):
+        flag = flags_lib.FLAGS[field.name]
+        assert flag.help.endswith(field.metadata["help"]), field.name
+        assert getattr(flag.parser, "enum_values", None) == field.metadata["choices"]

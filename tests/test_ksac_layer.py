@@ -31,11 +31,21 @@ def test_parameter_saving_vs_aspp():
     assert n_params(aspp) - n_params(ksac) == 2 * atrous_kernel  # 2 of 3 kernels removed
 
 
+def spread(kernel, rate):
+    """A 3x3 kernel as the (2 rate + 1)^2 kernel of the dilated convolution: its taps
+    `rate` apart, zeros between (so the oracle needs no dilated-convolution kernel, which
+    TF's CPU build lacks a gradient for when oneDNN is off)."""
+    size = 2 * rate + 1
+    taps = [[i * rate, j * rate] for i in range(3) for j in range(3)]
+    return tf.scatter_nd(taps, tf.reshape(kernel, [9, *kernel.shape[2:]]),
+                         [size, size, *kernel.shape[2:]])
+
+
 def oracle_forward(layer, x, kernels, training):
     """The layer's computation with a separate copy of the shared kernel per rate."""
     outs = [layer.image_branch(x, training=training), layer.pixel_branch(x, training=training)]
     atrous = [
-        tf.nn.relu(bn(tf.nn.conv2d(x, k, 1, "SAME", dilations=r), training=training))
+        tf.nn.relu(bn(tf.nn.conv2d(x, spread(k, r), 1, "SAME"), training=training))
         for k, r, bn in zip(kernels, layer.rates, layer.rate_bns)
     ]
     if layer.fusion == "sum":

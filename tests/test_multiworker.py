@@ -19,7 +19,7 @@ sys.path.insert(0, {tests!r})
 from iseg.training.strategy import split_cpu
 split_cpu(2)
 import numpy as np
-from iseg.training.errors import ConfigError
+from iseg.errors import ConfigError
 from test_train_support import run_toy, toy_train_fn
 out = {{}}
 for name in ("mirrored", "one_device"):

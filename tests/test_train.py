@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from iseg.training.errors import EmptyDatasetError, TrainingDivergedError
+from iseg.errors import EmptyDatasetError, TrainingDivergedError
 from iseg.training.summaries import read_events
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -6,7 +6,7 @@ import pytest
 
 from iseg.training.checkpoints import TrainCheckpointer, check_compatible, restore_model
 from iseg.training.config import DatasetMeta, TrainConfig, build_model_from_config
-from iseg.training.errors import CheckpointMismatchError
+from iseg.errors import CheckpointMismatchError
 from iseg.training.optimizers import build_optimizer, prepare_optimizer
 
 META = DatasetMeta(num_classes=3, class_names=["a", "b", "c"], palette=[(0, 0, 0)] * 3)

@@ -163,14 +163,19 @@ def test_device_resampling_trains_like_the_host_pipeline(trained):
     np.testing.assert_allclose(losses["device"], losses["host"], rtol=1e-4)
 
 
-def test_resample_mode():
+def test_resample_mode(monkeypatch):
     import tensorflow as tf
 
-    from iseg.training.errors import ConfigError
+    from iseg.errors import ConfigError
     from iseg.training.trainer import resample_mode
 
-    has_gpu = bool(tf.config.list_logical_devices("GPU"))
-    assert resample_mode("auto") == ("device" if has_gpu else "host")
+    def devices(gpus):
+        return lambda kind=None: ["/gpu:0"] * gpus if kind == "GPU" else ["/cpu:0"]
+
+    monkeypatch.setattr(tf.config, "list_logical_devices", devices(0))
+    assert resample_mode("auto") == "host"
+    monkeypatch.setattr(tf.config, "list_logical_devices", devices(2))
+    assert resample_mode("auto") == "device"
     assert resample_mode("auto", is_tpu=True) == "host"
     assert resample_mode("device") == "device" and resample_mode("host") == "host"
     with pytest.raises(ConfigError, match="--resample=device is not supported on TPUs"):

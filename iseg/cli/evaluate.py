@@ -60,18 +60,17 @@ def load_model_for_inference(cfg, checkpoint=None):
 
 
 def main(argv):
-    from iseg.evaluation import write_results
+    from iseg.datasets.pipeline import input_normalization
+    from iseg.evaluation import make_evaluator, write_results
     from iseg.training import config as config_lib
     from iseg.training.strategy import split_cpu
-    from iseg.training.trainer import make_evaluator
 
     cfg = flags_lib.config_from_flags(argv)
     split_cpu(FLAGS.num_cpu_devices)
     split = FLAGS.split or cfg.eval_split
     model, meta = load_model_for_inference(cfg, FLAGS.checkpoint)
-    normalization = getattr(model, "normalization", "minus_one_to_one")
-    dataset = config_lib.make_eval_dataset(cfg, normalization, split)
-    evaluator = make_evaluator(cfg, model, meta, normalization)
+    dataset = config_lib.make_eval_dataset(cfg, input_normalization(model), split)
+    evaluator = make_evaluator(cfg, model, meta)
     out_dir = os.path.join(cfg.model_dir, "eval")
     pred_dir = os.path.join(out_dir, f"predictions_{split}") if FLAGS.save_predictions else None
     scores = evaluator.evaluate(dataset, max_batches=cfg.eval_steps, prediction_dir=pred_dir,

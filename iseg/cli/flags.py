@@ -8,6 +8,7 @@ working directory), so configs work from any working directory.
 """
 
 import ast
+import dataclasses
 import os
 import sys
 
@@ -140,101 +141,31 @@ def _define_once(kind, name, default, *args, **kwargs):
         getattr(flags, f"DEFINE_{kind}")(name, default, args[0], **kwargs)
 
 
-def define_common_flags():
-    """Model, data and evaluation flags (read by every entry point)."""
-    d = _define_once
-    # model
-    d("string", "model", None, "Zoo model name (e.g. deeplabv3_resnet50_d8, demo_tiny); "
-      "or give --head and --backbone.")
-    d("string", "head", None, "Head name (when --model is not given).")
-    d("string", "backbone", None, "Backbone name (when --model is not given).")
-    d("string", "backbone_weights", None, "None, 'imagenet' or a weight file for the backbone.")
-    d("string", "backbone_options", "", "Backbone options, key=value,... (Python literals).")
-    d("string", "head_options", "", "Head options, key=value,... (Python literals).")
-    d("float", "aux_weight", 0.4, "Aux FCN head loss weight; 0 disables the aux head.")
-    d("bool", "car", False, "Add the CAR regularizers (class-aware losses) to the head.")
-    d("string", "car_options", "", "CAR options, key=value,... (filters, pooling_rates, "
-      "apply_end_conv, intra_loss_rate, inter_loss_rate, use_ema_centers, ...).")
-    d("enum", "loss_reduction", "valid_mean", ["valid_mean", "all_pixels"],
-      "Cross-entropy denominator: valid pixels (mmseg) or all pixels (original code).")
-    d("float", "ohem_thresh", None, "OHEM probability threshold (None: no OHEM).")
-    d("integer", "ohem_min_kept", 100000, "OHEM minimum number of kept pixels.")
-    d("bool", "align_corners", True, "Align-corners resizing of logits and labels.")
-    # data
-    d("string", "dataset", None, "Dataset name (see iseg.datasets); default: from "
-      "dataset_info.json in --data_dir.")
-    d("string", "data_dir", None, "Folder of a converted dataset (TFRecords + "
-      "dataset_info.json).")
-    d("string", "model_dir", None, "Where checkpoints, logs, results and exports go "
-      "(default runs/<config name>).")
-    d("list", "crop_size", ["513", "513"], "Training crop (and sliding window) height,width.")
-    d("integer", "seed", 0, "Random seed (model init and data order).")
-    d("bool", "deterministic", False, "Deterministic TF ops (slower on GPUs). The input "
-      "order is always deterministic for a given --seed.")
-    # evaluation
-    d("string", "eval_split", "val", "Split used for evaluation.")
-    d("enum", "eval_mode", "whole", ["whole", "slide"], "Whole-image or sliding-window "
-      "inference.")
-    d("list", "eval_crop_size", None, "Sliding window size (default --crop_size).")
-    d("float", "eval_stride_ratio", 2.0 / 3.0, "Sliding window stride / window size.")
-    d("list", "eval_scales", ["1.0"], "Inference scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75.")
-    d("bool", "eval_flip", False, "Average logits with the horizontally flipped input.")
-    d("integer", "eval_batch_size", 1, "Evaluation batch size.")
-    d("integer", "eval_steps", None, "Evaluate only this many batches (None: whole split).")
-    d("integer", "num_cpu_devices", 0, "Split the CPU into this many logical devices "
-      "(to try distribution strategies without GPUs); 0 leaves it alone.")
+_FLAG_KINDS = {bool: "bool", int: "integer", float: "float", str: "string", tuple: "list",
+               dict: "string"}
+
+
+def _flag_default(value):
+    if isinstance(value, tuple):
+        return [str(v) for v in value]
+    if isinstance(value, dict):  # key=value,... text (see parse_options)
+        return ",".join(f"{k}={v!r}" for k, v in value.items())
+    return value
 
 
 def define_train_flags():
-    define_common_flags()
-    d = _define_once
-    d("integer", "batch_size", 16, "GLOBAL batch size (split over replicas).")
-    d("integer", "steps", 30000, "Number of optimizer steps.")
-    d("float", "min_scale", 0.5, "Random scale augmentation: minimum.")
-    d("float", "max_scale", 2.0, "Random scale augmentation: maximum.")
-    d("float", "scale_step", 0.25, "Random scale augmentation: step (0 = continuous).")
-    d("bool", "flip", True, "Random horizontal flip.")
-    d("bool", "brightness", True, "Random brightness (p 0.5, max delta 32).")
-    d("bool", "photometric", False, "Photometric distortion (contrast, saturation).")
-    d("enum", "resample", "auto", ["auto", "host", "device"],
-      "Where training crops are resampled, colour-augmented and normalised: 'device' in the "
-      "training step (the input pipeline then only decodes the crop windows), 'host' in "
-      "tf.data; 'auto' is device on GPUs, host on CPUs and TPUs.")
-    d("integer", "shuffle_buffer", 1000, "Shuffle buffer (examples).")
-    d("enum", "optimizer", "sgd", ["sgd", "adam", "adamw"], "Optimizer.")
-    d("float", "lr", 0.01, "Base learning rate.")
-    d("float", "end_lr", 0.0, "Final learning rate of the poly/cosine schedule.")
-    d("enum", "schedule", "poly", ["poly", "cosine", "constant"], "Learning-rate schedule.")
-    d("float", "poly_power", 0.9, "Power of the poly schedule.")
-    d("integer", "warmup_steps", 0, "Linear warm-up steps.")
-    d("float", "warmup_ratio", 1e-6, "Warm-up starts at lr * warmup_ratio.")
-    d("float", "momentum", 0.9, "SGD momentum.")
-    d("bool", "nesterov", False, "SGD Nesterov momentum.")
-    d("float", "beta_1", 0.9, "Adam/AdamW beta_1.")
-    d("float", "beta_2", 0.999, "Adam/AdamW beta_2.")
-    d("float", "weight_decay", 0.0, "Decoupled weight decay (norm, bias and position-bias "
-      "weights excluded).")
-    d("float", "l2", 0.0, "L2 penalty on every conv/dense kernel added to the loss "
-      "(the original recipe, e.g. 1e-4).")
-    d("float", "layer_decay", None, "Layer-wise learning-rate decay (ConvNeXt/Swin), "
-      "e.g. 0.9.")
-    d("float", "clip_norm", None, "Clip gradients to this global norm.")
-    d("integer", "grad_accum_steps", 1, "Accumulate gradients over this many batches.")
-    d("enum", "mixed_precision", "none", ["none", "float16", "bfloat16"], "Mixed precision.")
-    d("bool", "sync_bn", True, "Synchronise batch-norm statistics over replicas.")
-    d("enum", "strategy", "auto", ["auto", "mirrored", "multi_worker", "tpu", "one_device"],
-      "Distribution strategy.")
-    d("string", "tpu", None, "TPU name or address (strategy=tpu).")
-    d("integer", "checkpoint_every", 1000, "Save a checkpoint every N steps.")
-    d("integer", "keep_checkpoints", 3, "Keep the last K checkpoints.")
-    d("bool", "checkpoint_input", True, "Save the input iterator position in checkpoints.")
-    d("integer", "eval_every", 0, "Evaluate every N steps (0: only at the end).")
-    d("integer", "log_every", 10, "Write TensorBoard scalars every N steps.")
-    d("integer", "num_summary_images", 4, "Images in the evaluation image summaries.")
-    d("bool", "evaluate_at_end", True, "Evaluate on --eval_split after training.")
-    d("bool", "export_at_end", False, "Write a SavedModel and a .keras file after training.")
-    d("integer", "overlays_at_end", 0, "Write this many prediction overlays after training.")
-    d("bool", "progress", True, "Show a progress bar.")
+    """One flag per `TrainConfig` field (type, default and help from the field), plus
+    --num_cpu_devices."""
+    from iseg.training.config import TrainConfig
+
+    for field in dataclasses.fields(TrainConfig):
+        default = field.default_factory() if callable(field.default_factory) else field.default
+        choices = field.metadata["choices"]
+        args = (choices, field.metadata["help"]) if choices else (field.metadata["help"],)
+        _define_once("enum" if choices else _FLAG_KINDS[field.type], field.name,
+                     _flag_default(default), *args)
+    _define_once("integer", "num_cpu_devices", 0, "Split the CPU into this many logical "
+                 "devices (to try distribution strategies without GPUs); 0 leaves it alone.")
 
 
 def define_export_flags():
@@ -272,8 +203,6 @@ def _ints(values, name):
 
 def config_from_flags(argv):
     """A `TrainConfig` from the parsed FLAGS (fields that have no flag keep defaults)."""
-    import dataclasses
-
     from iseg.training.config import TrainConfig
 
     values = {}
@@ -288,14 +217,14 @@ def config_from_flags(argv):
     for name in ("backbone_options", "head_options", "car_options"):
         if name in values:
             values[name] = parse_options(values[name], name)
-    if not values.get("model_dir"):
+    if not (FLAGS["model_dir"].present and values.get("model_dir")):
         values["model_dir"] = os.path.join("runs", config_name(argv) or "default")
     return TrainConfig(**values)
 
 
 def user_errors():
     """Exception types reported as one-line errors by the CLIs."""
-    from iseg.training.errors import (
+    from iseg.errors import (
         CheckpointMismatchError,
         ConfigError,
         EmptyDatasetError,

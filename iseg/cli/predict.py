@@ -69,10 +69,10 @@ class Predictor:
         if record:
             self.palette = record["dataset"]["palette"]
             self.class_names = record["dataset"]["class_names"]
+        from iseg.datasets.pipeline import input_normalization, normalize
         from iseg.evaluation import Evaluator
-        from iseg.datasets.pipeline import normalize
 
-        norm = getattr(model, "normalization", "minus_one_to_one")
+        norm = input_normalization(model)
         evaluator = Evaluator(model, model.num_classes, scales=scales, flip=flip,
                               align_corners=getattr(model, "align_corners", True))
         self.predict = lambda img: evaluator.predict(
@@ -173,13 +173,13 @@ def predict_folder(predictor, input_path, output_dir, alpha=0.5, progress=True):
 
 def write_overlays_from_dataset(cfg, model, meta, output_dir, count):
     """Overlays (image | ground truth | prediction) of the first `count` eval images."""
-    from iseg.datasets.pipeline import denormalize
+    from iseg.datasets.pipeline import denormalize, input_normalization
+    from iseg.evaluation import make_evaluator
     from iseg.evaluation.visualize import overlay, save_label_png, save_rgb_png
     from iseg.training import config as config_lib
-    from iseg.training.trainer import make_evaluator
 
-    norm = getattr(model, "normalization", "minus_one_to_one")
-    evaluator = make_evaluator(cfg, model, meta, norm)
+    norm = input_normalization(model)
+    evaluator = make_evaluator(cfg, model, meta)
     n = 0
     for features, labels in config_lib.make_eval_dataset(cfg, norm):
         preds = evaluator.predict(features["image"]).numpy()

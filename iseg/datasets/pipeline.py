@@ -57,6 +57,15 @@ RESAMPLE = ("host", "device")
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+DEFAULT_NORMALIZATION = "minus_one_to_one"
+
+
+def input_normalization(model):
+    """The input normalisation `model` expects: its `normalization` (SegmentationModel
+    stores the one its backbone's weights were trained with), else the default."""
+    return getattr(model, "normalization", DEFAULT_NORMALIZATION)
+
+
 def _check_mode(mode):
     if mode not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
@@ -189,25 +198,58 @@ def build_dataset(
     files, num_classes, spec, compression = _resolve_source(
         data_dir, split, dataset, compression, file_pattern
     )
-    if check:
-        try:
-            tfrecord.check_shards(files, compression, full=check == "full")
-        except ValueError as e:
-            if not skip_corrupt:
-                raise
-            logging.warning("%s -- skip_corrupt=True: reading on, dropping unreadable records", e)
+    _check_shards(files, compression, check, skip_corrupt)
     record_format, label_dtype = tfrecord.resolve_format(files, record_format, compression)
     decode = tfrecord.make_decoder(record_format, label_dtype, lazy_image=training)
     fix_label = _label_mapper(spec, num_classes, raw_labels, validate_labels)
+
+    def read(record):  # (example dict, label with its values checked / mapped)
+        ex = decode(record)
+        return ex, fix_label(ex["label"], ex["filename"])
+
     if repeat is None:
         repeat = training
     if deterministic and seed is None:
         seed = 0
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
-
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
+    ds = _records(files, compression, training=training, seed=seed,
+                  deterministic=deterministic, input_context=input_context, repeat=repeat,
+                  shuffle_buffer=shuffle_buffer, cycle_length=cycle_length)
+    if training:
+        options = dict(scale_range=scale_range, scale_step=scale_step, scales=scales,
+                       flip=flip, brightness=brightness, photometric=photometric)
+        ds = _training_batches(ds, read, batch_size, crop_size, normalization, seed,
+                               deterministic, skip_corrupt, resample, options)
+    else:
+        ds = _eval_batches(ds, read, batch_size, crop_size, normalization, pad_to_multiple,
+                           skip_corrupt)
+    ds = _finish(ds, training, deterministic, input_context)
+    logging.info(
+        "input %s/%s: %d shards, %s records, batch %d, training=%s",
+        data_dir, split, len(files), record_format, batch_size, training,
+    )
+    return ds
+
+
+def _check_shards(files, compression, check, skip_corrupt):
+    if not check:
+        return
+    try:
+        tfrecord.check_shards(files, compression, full=check == "full")
+    except ValueError as e:
+        if not skip_corrupt:
+            raise
+        logging.warning("%s -- skip_corrupt=True: reading on, dropping unreadable records", e)
+
+
+def _records(files, compression, *, training, seed, deterministic, input_context, repeat,
+             shuffle_buffer, cycle_length):
+    """The serialized records of this input pipeline's share: shards shuffled and
+    interleaved in training (read one after another in evaluation, so records come in
+    file order), records shuffled in training, repeated if asked."""
     shard_records = False
     ds = tf.data.Dataset.from_tensor_slices(files)
     if input_context is not None and input_context.num_input_pipelines > 1:
@@ -218,7 +260,6 @@ def build_dataset(
     if training and len(files) > 1:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ctype = tfrecord.compression_type(compression)
-    # evaluation reads shards one after another so records come in file order
     cycle = cycle_length or (min(len(files), 8) if training else 1)
     read = lambda f: tf.data.TFRecordDataset(f, compression_type=ctype)  # noqa: E731
     if cycle > 1:
@@ -234,73 +275,81 @@ def build_dataset(
         ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
+    return ds
 
-    if training:
-        crop = tuple(int(c) for c in crop_size)
-        seeds = tf.data.Dataset.random(seed=seed + 2).map(
-            lambda r: tf.stack([r, tf.constant(seed, tf.int64)])
-        )
-        ds = tf.data.Dataset.zip((ds, seeds))
 
-        def train_map(record, element_seed):
-            ex = decode(record)
-            label = fix_label(ex["label"], ex["filename"])
-            if resample == "device":
-                return augment_lib.augment_views(
-                    ex.get("image"), label, element_seed, crop, scale_range=scale_range,
-                    scale_step=scale_step, scales=scales, flip=flip, brightness=brightness,
-                    photometric=photometric, encoded=ex.get("encoded"))
-            img, lab, _ = augment_lib.augment(
-                ex.get("image"), label, element_seed, crop,
-                scale_range=scale_range, scale_step=scale_step, scales=scales, flip=flip,
-                brightness=brightness, photometric=photometric, encoded=ex.get("encoded"),
-                normalization=normalization, with_valid=False, pad=False,
-            )
-            return img, lab
+def _training_batches(ds, read, batch_size, crop_size, normalization, seed, deterministic,
+                      skip_corrupt, resample, options):
+    """Random training views (each record with its own stateless seed), batched: crops
+    (``resample="host"``) or views to resample on the device."""
+    crop = tuple(int(c) for c in crop_size)
+    seeds = tf.data.Dataset.random(seed=seed + 2).map(
+        lambda r: tf.stack([r, tf.constant(seed, tf.int64)])
+    )
+    ds = tf.data.Dataset.zip((ds, seeds))
 
-        ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-        if skip_corrupt:
-            ds = ds.ignore_errors(log_warning=True)
-    if training and resample == "device":  # windows padded to the largest in the batch
-        ds = ds.padded_batch(batch_size, drop_remainder=True)
-    elif training:
-        # the bottom/right padding to the crop is done while batching (one copy), and
-        # labels stay in their record dtype (uint8) until the whole batch is cast
-        lab_dtype = ds.element_spec[1].dtype
-        ds = ds.padded_batch(
-            batch_size, padded_shapes=([*crop, 3], list(crop)),
-            padding_values=(0.0, tf.constant(IGNORE_LABEL, lab_dtype)), drop_remainder=True,
-        )
-        if lab_dtype != tf.int32:
-            ds = ds.map(lambda img, lab: (img, tf.cast(lab, tf.int32)))
-    else:
+    def train_map(record, element_seed):
+        ex, label = read(record)
+        if resample == "device":
+            return augment_lib.augment_views(
+                ex.get("image"), label, element_seed, crop, encoded=ex.get("encoded"),
+                **options)
+        img, lab, _ = augment_lib.augment(
+            ex.get("image"), label, element_seed, crop, encoded=ex.get("encoded"),
+            normalization=normalization, with_valid=False, pad=False, **options)
+        return img, lab
 
-        def eval_map(record):
-            ex = decode(record)
-            label = tf.cast(fix_label(ex["label"], ex["filename"])[..., 0], tf.int32)
-            h, w = ex["height"], ex["width"]
-            th, tw = _eval_target(h, w, crop_size, pad_to_multiple)
-            img = normalize(ex["image"], normalization)
-            img = tf.pad(img, [[0, th - h], [0, tw - w], [0, 0]])
-            lab = tf.pad(label, [[0, th - h], [0, tw - w]], constant_values=IGNORE_LABEL)
-            feats = {"image": img, "height": h, "width": w, "filename": ex["filename"]}
-            return feats, lab
+    ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if skip_corrupt:
+        ds = ds.ignore_errors(log_warning=True)
+    if resample == "device":  # windows padded to the largest in the batch
+        return ds.padded_batch(batch_size, drop_remainder=True)
+    # the bottom/right padding to the crop is done while batching (one copy), and
+    # labels stay in their record dtype (uint8) until the whole batch is cast
+    lab_dtype = ds.element_spec[1].dtype
+    ds = ds.padded_batch(
+        batch_size, padded_shapes=([*crop, 3], list(crop)),
+        padding_values=(0.0, tf.constant(IGNORE_LABEL, lab_dtype)), drop_remainder=True,
+    )
+    if lab_dtype != tf.int32:
+        ds = ds.map(lambda img, lab: (img, tf.cast(lab, tf.int32)))
+    return ds
 
-        ds = ds.map(eval_map, num_parallel_calls=AUTOTUNE, deterministic=True)
-        if skip_corrupt:
-            ds = ds.ignore_errors(log_warning=True)
-        ds = ds.padded_batch(
-            batch_size,
-            padded_shapes=(
-                {"image": [None, None, 3], "height": [], "width": [], "filename": []},
-                [None, None],
-            ),
-            padding_values=(
-                {"image": 0.0, "height": 0, "width": 0, "filename": ""},
-                IGNORE_LABEL,
-            ),
-            drop_remainder=False,
-        )
+
+def _eval_batches(ds, read, batch_size, crop_size, normalization, pad_to_multiple,
+                  skip_corrupt):
+    """Whole images with their size and filename, padded (see `_eval_target`), batched."""
+
+    def eval_map(record):
+        ex, label = read(record)
+        label = tf.cast(label[..., 0], tf.int32)
+        h, w = ex["height"], ex["width"]
+        th, tw = _eval_target(h, w, crop_size, pad_to_multiple)
+        img = normalize(ex["image"], normalization)
+        img = tf.pad(img, [[0, th - h], [0, tw - w], [0, 0]])
+        lab = tf.pad(label, [[0, th - h], [0, tw - w]], constant_values=IGNORE_LABEL)
+        feats = {"image": img, "height": h, "width": w, "filename": ex["filename"]}
+        return feats, lab
+
+    ds = ds.map(eval_map, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if skip_corrupt:
+        ds = ds.ignore_errors(log_warning=True)
+    return ds.padded_batch(
+        batch_size,
+        padded_shapes=(
+            {"image": [None, None, 3], "height": [], "width": [], "filename": []},
+            [None, None],
+        ),
+        padding_values=(
+            {"image": 0.0, "height": 0, "width": 0, "filename": ""},
+            IGNORE_LABEL,
+        ),
+        drop_remainder=False,
+    )
+
+
+def _finish(ds, training, deterministic, input_context):
+    """Prefetch and the dataset options (determinism, threading, no auto-sharding)."""
     ds = ds.prefetch(AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = bool(deterministic) or not training
@@ -310,12 +359,7 @@ def build_dataset(
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.OFF
         )
-    ds = ds.with_options(options)
-    logging.info(
-        "input %s/%s: %d shards, %s records, batch %d, training=%s",
-        data_dir, split, len(files), record_format, batch_size, training,
-    )
-    return ds
+    return ds.with_options(options)
 
 
 def _eval_target(h, w, crop_size, multiple):

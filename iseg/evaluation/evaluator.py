@@ -12,7 +12,8 @@ from absl import logging
 from iseg.evaluation.inference import predict_logits
 from iseg.evaluation.visualize import overlay, save_label_png
 from iseg.metrics import ConfusionMatrix, format_results_table
-from iseg.training.errors import EmptyDatasetError
+from iseg.datasets.pipeline import denormalize, input_normalization
+from iseg.errors import EmptyDatasetError
 
 
 def _to_str(v):
@@ -108,6 +109,19 @@ class Evaluator:
             return self.palette
         from iseg.datasets.specs import voc_colormap
         return voc_colormap(self.num_classes)
+
+
+def make_evaluator(cfg, model, meta):
+    """The `Evaluator` of a run: inference settings from `cfg` (a `TrainConfig`), classes
+    from `meta` (a `DatasetMeta`), sample images denormalised as the model's input."""
+    normalization = input_normalization(model)
+    crop = tuple(cfg.eval_crop_size or cfg.crop_size)
+    stride = tuple(max(1, int(np.ceil(c * cfg.eval_stride_ratio))) for c in crop)
+    return Evaluator(model, meta.num_classes, class_names=meta.class_names,
+                     palette=meta.palette, ignore_label=meta.ignore_label,
+                     mode=cfg.eval_mode, scales=tuple(cfg.eval_scales), flip=cfg.eval_flip,
+                     crop_size=crop, stride=stride, align_corners=cfg.align_corners,
+                     denormalize_fn=lambda x: denormalize(x, normalization))
 
 
 def write_results(scores, out_dir, *, name="eval", save_confusion=False, step=None):

@@ -22,7 +22,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from iseg.datasets.pipeline import normalize
+from iseg.datasets.pipeline import input_normalization, normalize
 from iseg.evaluation.inference import predict_logits
 
 
@@ -91,7 +91,7 @@ def check_images(images):
 def export_saved_model(model, output_dir, *, normalization=None, scales=(1.0,), flip=False,
                        align_corners=None, class_names=None, palette=None):
     """Write the SavedModel to `output_dir` (replaced atomically) and return the path."""
-    normalization = normalization or getattr(model, "normalization", "minus_one_to_one")
+    normalization = normalization or input_normalization(model)
     if align_corners is None:
         align_corners = getattr(model, "align_corners", True)
     module = SegmentationExportModule(model, normalization=normalization, scales=scales,

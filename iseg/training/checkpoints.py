@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from iseg.training.errors import CheckpointMismatchError
+from iseg.errors import CheckpointMismatchError
 
 CKPT_DIR = "checkpoints"
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"

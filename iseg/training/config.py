@@ -1,87 +1,120 @@
-"""`TrainConfig`: every setting of a training / evaluation run (the CLI fills it from
-flags), and the helpers that turn it into a model, dataset metadata and datasets."""
+"""`TrainConfig`: every setting of a training / evaluation run, and the helpers that turn
+it into a model, dataset metadata and datasets.
+
+Each field is declared once, with its default and help text; the command-line flags are
+generated from the fields (`iseg.cli.flags.define_train_flags`): bool/int/float/str fields
+become flags of that type, fields with `choices` enum flags, tuples comma-separated lists,
+dicts `key=value,...` strings.
+"""
 
 import dataclasses
 import json
 import os
 
-from iseg.training.errors import ConfigError
+from iseg.errors import ConfigError
+
+
+def option(default, help_text, choices=None):
+    """A config field with its help text (and enum `choices`), from which the flag is made."""
+    meta = {"help": help_text, "choices": choices}
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=lambda: dict(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclasses.dataclass
 class TrainConfig:
     # model
-    model: str = None
-    head: str = None
-    backbone: str = None
-    backbone_weights: str = None
-    backbone_options: dict = dataclasses.field(default_factory=dict)
-    head_options: dict = dataclasses.field(default_factory=dict)
-    aux_weight: float = 0.4
-    car: bool = False
-    car_options: dict = dataclasses.field(default_factory=dict)
-    loss_reduction: str = "valid_mean"
-    ohem_thresh: float = None
-    ohem_min_kept: int = 100000
-    align_corners: bool = True
+    model: str = option(None, "Zoo model name (e.g. deeplabv3_resnet50_d8, demo_tiny); or "
+                        "give --head and --backbone.")
+    head: str = option(None, "Head name (when --model is not given).")
+    backbone: str = option(None, "Backbone name (when --model is not given).")
+    backbone_weights: str = option(None, "None, 'imagenet' or a weight file for the backbone.")
+    backbone_options: dict = option({}, "Backbone options, key=value,... (Python literals).")
+    head_options: dict = option({}, "Head options, key=value,... (Python literals).")
+    aux_weight: float = option(0.4, "Aux FCN head loss weight; 0 disables the aux head.")
+    car: bool = option(False, "Add the CAR regularizers (class-aware losses) to the head.")
+    car_options: dict = option({}, "CAR options, key=value,... (filters, pooling_rates, "
+                               "apply_end_conv, intra_loss_rate, inter_loss_rate, "
+                               "use_ema_centers, ...).")
+    loss_reduction: str = option("valid_mean", "Cross-entropy denominator: valid pixels "
+                                 "(mmseg) or all pixels (original code).",
+                                 ["valid_mean", "all_pixels"])
+    ohem_thresh: float = option(None, "OHEM probability threshold (None: no OHEM).")
+    ohem_min_kept: int = option(100000, "OHEM minimum number of kept pixels.")
+    align_corners: bool = option(True, "Align-corners resizing of logits and labels.")
     # data
-    dataset: str = None
-    data_dir: str = None
-    model_dir: str = "runs/default"
-    crop_size: tuple = (513, 513)
-    min_scale: float = 0.5
-    max_scale: float = 2.0
-    scale_step: float = 0.25
-    flip: bool = True
-    brightness: bool = True
-    photometric: bool = False
-    resample: str = "auto"  # training crops resampled on: auto | host | device
-    shuffle_buffer: int = 1000
-    seed: int = 0
-    deterministic: bool = False
+    dataset: str = option(None, "Dataset name (see iseg.datasets); default: from "
+                          "dataset_info.json in --data_dir.")
+    data_dir: str = option(None, "Folder of a converted dataset (TFRecords + "
+                           "dataset_info.json).")
+    model_dir: str = option("runs/default", "Where checkpoints, logs, results and exports "
+                            "go (command line: default runs/<config name>).")
+    crop_size: tuple = option((513, 513), "Training crop (and sliding window) height,width.")
+    min_scale: float = option(0.5, "Random scale augmentation: minimum.")
+    max_scale: float = option(2.0, "Random scale augmentation: maximum.")
+    scale_step: float = option(0.25, "Random scale augmentation: step (0 = continuous).")
+    flip: bool = option(True, "Random horizontal flip.")
+    brightness: bool = option(True, "Random brightness (p 0.5, max delta 32).")
+    photometric: bool = option(False, "Photometric distortion (contrast, saturation).")
+    resample: str = option(
+        "auto", "Where training crops are resampled, colour-augmented and normalised: "
+        "'device' in the training step (the input pipeline then only decodes the crop "
+        "windows), 'host' in tf.data; 'auto' is device on GPUs, host on CPUs and TPUs.",
+        ["auto", "host", "device"])
+    shuffle_buffer: int = option(1000, "Shuffle buffer (examples).")
+    seed: int = option(0, "Random seed (model init and data order).")
+    deterministic: bool = option(False, "Deterministic TF ops (slower on GPUs). The input "
+                                 "order is always deterministic for a given --seed.")
     # optimisation
-    batch_size: int = 16
-    steps: int = 30000
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    end_lr: float = 0.0
-    schedule: str = "poly"
-    poly_power: float = 0.9
-    warmup_steps: int = 0
-    warmup_ratio: float = 1e-6
-    momentum: float = 0.9
-    nesterov: bool = False
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    weight_decay: float = 0.0
-    l2: float = 0.0
-    layer_decay: float = None
-    clip_norm: float = None
-    grad_accum_steps: int = 1
-    mixed_precision: str = "none"
-    sync_bn: bool = True
-    strategy: str = "auto"
-    tpu: str = None
+    batch_size: int = option(16, "GLOBAL batch size (split over replicas).")
+    steps: int = option(30000, "Number of optimizer steps.")
+    optimizer: str = option("sgd", "Optimizer.", ["sgd", "adam", "adamw"])
+    lr: float = option(0.01, "Base learning rate.")
+    end_lr: float = option(0.0, "Final learning rate of the poly/cosine schedule.")
+    schedule: str = option("poly", "Learning-rate schedule.", ["poly", "cosine", "constant"])
+    poly_power: float = option(0.9, "Power of the poly schedule.")
+    warmup_steps: int = option(0, "Linear warm-up steps.")
+    warmup_ratio: float = option(1e-6, "Warm-up starts at lr * warmup_ratio.")
+    momentum: float = option(0.9, "SGD momentum.")
+    nesterov: bool = option(False, "SGD Nesterov momentum.")
+    beta_1: float = option(0.9, "Adam/AdamW beta_1.")
+    beta_2: float = option(0.999, "Adam/AdamW beta_2.")
+    weight_decay: float = option(0.0, "Decoupled weight decay (norm, bias and "
+                                 "position-bias weights excluded).")
+    l2: float = option(0.0, "L2 penalty on every conv/dense kernel added to the loss (the "
+                       "original recipe, e.g. 1e-4).")
+    layer_decay: float = option(None, "Layer-wise learning-rate decay (ConvNeXt/Swin), "
+                                "e.g. 0.9.")
+    clip_norm: float = option(None, "Clip gradients to this global norm.")
+    grad_accum_steps: int = option(1, "Accumulate gradients over this many batches.")
+    mixed_precision: str = option("none", "Mixed precision.", ["none", "float16", "bfloat16"])
+    sync_bn: bool = option(True, "Synchronise batch-norm statistics over replicas.")
+    strategy: str = option("auto", "Distribution strategy.",
+                           ["auto", "mirrored", "multi_worker", "tpu", "one_device"])
+    tpu: str = option(None, "TPU name or address (strategy=tpu).")
     # bookkeeping
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    checkpoint_input: bool = True
-    eval_every: int = 0
-    log_every: int = 10
-    num_summary_images: int = 4
-    evaluate_at_end: bool = True
-    export_at_end: bool = False
-    overlays_at_end: int = 0
-    progress: bool = True
+    checkpoint_every: int = option(1000, "Save a checkpoint every N steps.")
+    keep_checkpoints: int = option(3, "Keep the last K checkpoints.")
+    checkpoint_input: bool = option(True, "Save the input iterator position in checkpoints.")
+    eval_every: int = option(0, "Evaluate every N steps (0: only at the end).")
+    log_every: int = option(10, "Write TensorBoard scalars every N steps.")
+    num_summary_images: int = option(4, "Images in the evaluation image summaries.")
+    evaluate_at_end: bool = option(True, "Evaluate on --eval_split after training.")
+    export_at_end: bool = option(False, "Write a SavedModel and a .keras file after "
+                                 "training.")
+    overlays_at_end: int = option(0, "Write this many prediction overlays after training.")
+    progress: bool = option(True, "Show a progress bar.")
     # evaluation
-    eval_split: str = "val"
-    eval_mode: str = "whole"
-    eval_crop_size: tuple = None
-    eval_stride_ratio: float = 2.0 / 3.0
-    eval_scales: tuple = (1.0,)
-    eval_flip: bool = False
-    eval_batch_size: int = 1
-    eval_steps: int = None
+    eval_split: str = option("val", "Split used for evaluation.")
+    eval_mode: str = option("whole", "Whole-image or sliding-window inference.",
+                            ["whole", "slide"])
+    eval_crop_size: tuple = option(None, "Sliding window size (default --crop_size).")
+    eval_stride_ratio: float = option(2.0 / 3.0, "Sliding window stride / window size.")
+    eval_scales: tuple = option((1.0,), "Inference scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75.")
+    eval_flip: bool = option(False, "Average logits with the horizontally flipped input.")
+    eval_batch_size: int = option(1, "Evaluation batch size.")
+    eval_steps: int = option(None, "Evaluate only this many batches (None: whole split).")
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=1, default=list)
@@ -203,10 +236,12 @@ def write_run_config(model_dir, cfg, meta, model):
     evaluate / export / predict can rebuild the model from a model_dir."""
     import keras
 
+    from iseg.datasets.pipeline import input_normalization
+
     os.makedirs(model_dir, exist_ok=True)
     record = dict(config=dataclasses.asdict(cfg), dataset=dataclasses.asdict(meta),
                   model=keras.saving.serialize_keras_object(model),
-                  normalization=getattr(model, "normalization", "minus_one_to_one"))
+                  normalization=input_normalization(model))
     path = os.path.join(model_dir, "run_config.json")
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -6,7 +6,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from iseg.training.errors import ConfigError
+from iseg.errors import ConfigError
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 

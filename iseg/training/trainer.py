@@ -18,11 +18,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from iseg.datasets.pipeline import resample_views
+from iseg.datasets.pipeline import input_normalization, resample_views
 from iseg.training import checkpoints as ckpt_lib
 from iseg.training import config as config_lib
 from iseg.training import summaries
-from iseg.training.errors import ConfigError, EmptyDatasetError, TrainingDivergedError
+from iseg.errors import ConfigError, EmptyDatasetError, TrainingDivergedError
 from iseg.training.optimizers import build_optimizer, current_learning_rate, prepare_optimizer
 from iseg.training.schedules import WarmupDecay
 from iseg.training.strategy import create_strategy, per_replica_batch_size, task_info
@@ -86,9 +86,60 @@ def train(cfg, *, model_fn=None, train_dataset_fn=None, eval_dataset_fn=None, me
         keras.config.set_dtype_policy(old_policy)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What the steps of one training run share."""
+    cfg: object
+    strategy: object
+    model: object
+    optimizer: object
+    loss_tracker: object
+    meta: object
+    task_id: int
+    is_chief: bool
+
+    @property
+    def replicas(self):
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def is_tpu(self):
+        return isinstance(self.strategy, tf.distribute.TPUStrategy)
+
+    @property
+    def accum(self):
+        return max(1, self.cfg.grad_accum_steps)
+
+
 def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_training):
+    run = _set_up_model(cfg, model_fn, meta)
+    normalization = input_normalization(run.model)
+    iterator, split = _set_up_input(run, train_dataset_fn, normalization)
+    checkpointer = ckpt_lib.TrainCheckpointer(
+        cfg.model_dir, model=run.model, optimizer=run.optimizer,
+        iterator=iterator if (cfg.checkpoint_input and not run.is_tpu) else None,
+        keep=cfg.keep_checkpoints, is_chief=run.is_chief, task_id=run.task_id)
+    checkpointer.restore_latest()
+    train_step = _build_train_step(run, split, normalization)
+    evaluate_fn = _make_periodic_eval(cfg, run.model, run.meta, normalization,
+                                      eval_dataset_fn, run.is_chief)
+    step, losses, last_scores = _run_loop(run, train_step, iterator, checkpointer,
+                                          evaluate_fn)
+    if checkpointer.latest is None or not checkpointer.latest.endswith(f"-{step}"):
+        checkpointer.save(step)
+    if cfg.evaluate_at_end and step > 0:
+        last_scores = evaluate_fn(step)
+    result = dict(step=step, losses=losses, scores=last_scores, model=run.model,
+                  strategy=run.strategy, is_chief=run.is_chief)
+    if after_training is not None and run.is_chief:
+        after_training(run.model, result)
+    return result
+
+
+def _set_up_model(cfg, model_fn, meta):
+    """Strategy, seeds, model, optimizer and loss tracker; the chief writes the run
+    record."""
     strategy = create_strategy(cfg.strategy, cfg.tpu)
-    replicas = strategy.num_replicas_in_sync
     per_replica_batch_size(cfg.batch_size, strategy)  # validates divisibility
     _, task_id, is_chief = task_info(strategy)
     keras.utils.set_random_seed(cfg.seed)
@@ -96,10 +147,9 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
         tf.config.experimental.enable_op_determinism()
     meta = meta or config_lib.dataset_meta(cfg)
     accum = max(1, cfg.grad_accum_steps)
-
     with strategy.scope():
         model = (model_fn or config_lib.build_model_from_config)(cfg, meta)
-        if cfg.sync_bn and replicas > 1:
+        if cfg.sync_bn and strategy.num_replicas_in_sync > 1:
             logging.info("sync BN on %d layers", enable_sync_bn(model))
         schedule = WarmupDecay(cfg.lr, cfg.steps, cfg.schedule, end_lr=cfg.end_lr,
                                power=cfg.poly_power, warmup_steps=cfg.warmup_steps,
@@ -111,42 +161,47 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
             loss_scale=cfg.mixed_precision == "float16")
         prepare_optimizer(optimizer, model, cfg.layer_decay)
         loss_tracker = keras.metrics.Mean(name="loss")
-    trackers = _trackers(model) + [loss_tracker]
     if is_chief:
         config_lib.write_run_config(cfg.model_dir, cfg, meta, model)
+    return _Run(cfg, strategy, model, optimizer, loss_tracker, meta, task_id, is_chief)
 
-    normalization = getattr(model, "normalization", "minus_one_to_one")
-    is_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
-    resample = resample_mode(cfg.resample, is_tpu)
+
+def _set_up_input(run, train_dataset_fn, normalization):
+    """(iterator, split): the training batches of this worker, and the function that
+    splits one over the worker's local replicas.
+
+    Each worker reads its own shard with a plain (checkpointable) iterator over
+    per-worker batches; TPU input comes from the strategy (its iterator is not saved).
+    """
+    cfg, strategy = run.cfg, run.strategy
+    resample = resample_mode(cfg.resample, run.is_tpu)
     if train_dataset_fn is None:
         train_dataset_fn = config_lib.make_train_dataset_fn(cfg, normalization, resample)
-
-    # Resume: find the step of the latest checkpoint before building the iterator.
-    own_dir = ckpt_lib.CKPT_DIR if is_chief else f".worker{task_id}/{ckpt_lib.CKPT_DIR}"
+    # Resume: without a saved input position, a resumed run reseeds the data order by
+    # the step of the latest checkpoint (found before building the iterator).
+    own_dir = (ckpt_lib.CKPT_DIR if run.is_chief
+               else f".worker{run.task_id}/{ckpt_lib.CKPT_DIR}")
     latest = tf.train.latest_checkpoint(os.path.join(cfg.model_dir, own_dir))
     start_guess = int(latest.rsplit("-", 1)[-1]) if latest else 0
     seed = cfg.seed if (cfg.checkpoint_input or start_guess == 0) else cfg.seed + start_guess
-    # Each worker reads its own shard with a plain (checkpointable) iterator over
-    # per-worker batches and splits them over its local replicas inside the step.
+    if run.is_tpu:
+        return iter(strategy.distribute_datasets_from_function(
+            lambda ctx: train_dataset_fn(ctx, seed))), lambda batch: batch
     try:
         local_replicas = max(1, len(strategy.extended.worker_devices))
     except RuntimeError:  # the default strategy has no device list
         local_replicas = 1
-    num_workers = max(1, replicas // local_replicas)
+    num_workers = max(1, run.replicas // local_replicas)
     worker_index = _worker_index(strategy)
-    per_replica = cfg.batch_size // replicas
-    if is_tpu:  # TPU input must come from the strategy; its iterator is not saved
-        iterator = iter(strategy.distribute_datasets_from_function(
-            lambda ctx: train_dataset_fn(ctx, seed)))
-    else:
-        ctx = tf.distribute.InputContext(num_input_pipelines=num_workers,
-                                         input_pipeline_id=worker_index,
-                                         num_replicas_in_sync=num_workers)
-        with tf.device("/cpu:0"):
-            iterator = iter(train_dataset_fn(ctx, seed))
+    ctx = tf.distribute.InputContext(num_input_pipelines=num_workers,
+                                     input_pipeline_id=worker_index,
+                                     num_replicas_in_sync=num_workers)
+    with tf.device("/cpu:0"):
+        iterator = iter(train_dataset_fn(ctx, seed))
+    per_replica = cfg.batch_size // run.replicas
 
     def split(batch):
-        if is_tpu or replicas == 1:
+        if run.replicas == 1:
             return batch
 
         def value_fn(value_ctx):
@@ -155,12 +210,14 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
                 lambda t: t[local * per_replica:(local + 1) * per_replica], batch)
         return strategy.experimental_distribute_values_from_function(value_fn)
 
-    checkpointer = ckpt_lib.TrainCheckpointer(
-        cfg.model_dir, model=model, optimizer=optimizer,
-        iterator=iterator if (cfg.checkpoint_input and not is_tpu) else None, keep=cfg.keep_checkpoints,
-        is_chief=is_chief, task_id=task_id)
-    checkpointer.restore_latest()
-    step = int(optimizer.iterations.numpy())
+    return iterator, split
+
+
+def _build_train_step(run, split, normalization):
+    """`train_step(iterator)`: one optimizer update (over `grad_accum_steps` batches) on
+    every replica; returns the tracked losses."""
+    model, optimizer, replicas = run.model, run.optimizer, run.replicas
+    trackers = _trackers(model) + [run.loss_tracker]
     loss_scale = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def replica_step(batch):
@@ -171,7 +228,7 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
             y_pred = model(x, training=True)
             # compute_loss returns this replica's share (loss / replicas), as Keras' losses
             scaled = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
-            loss_tracker.update_state(scaled * float(replicas))
+            run.loss_tracker.update_state(scaled * float(replicas))
             if loss_scale:
                 scaled = optimizer.scale_loss(scaled)
         variables = model.trainable_variables
@@ -182,20 +239,26 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
     def train_step(it):
         for m in trackers:
             m.reset_state()
-        for _ in range(accum):
-            strategy.run(replica_step, args=(split(next(it)),))
+        for _ in range(run.accum):
+            run.strategy.run(replica_step, args=(split(next(it)),))
         return {m.name: m.result() for m in trackers}
 
+    return train_step
+
+
+def _run_loop(run, train_step, iterator, checkpointer, evaluate_fn):
+    """Steps until `cfg.steps` with the NaN stop, progress bar, scalars, checkpoints and
+    periodic evaluation; returns (step, this run's losses, the last scores or None)."""
+    cfg = run.cfg
+    step = int(run.optimizer.iterations.numpy())
     writer = (tf.summary.create_file_writer(os.path.join(cfg.model_dir, "logs", "train"))
-              if is_chief else _NoopWriter())
-    evaluate_fn = _make_periodic_eval(cfg, model, meta, normalization, eval_dataset_fn,
-                                      is_chief)
+              if run.is_chief else _NoopWriter())
     losses, last_scores = [], None
     bar = None
-    if cfg.progress and is_chief and step < cfg.steps:
+    if cfg.progress and run.is_chief and step < cfg.steps:
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True)
-    images_per_step = cfg.batch_size * accum
+    images_per_step = cfg.batch_size * run.accum
     t_last = time.time()
     try:
         while step < cfg.steps:
@@ -212,7 +275,7 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
                     f"loss is {logs['loss']} at step {step}; training stopped. Last good "
                     f"checkpoint: {checkpointer.latest or 'none yet'}")
             losses.append(logs["loss"])
-            lr = current_learning_rate(optimizer)
+            lr = current_learning_rate(run.optimizer)
             if bar is not None:
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{lr:.2e}",
                                 img_s=f"{images_per_step / max(dt, 1e-9):.1f}")
@@ -221,12 +284,8 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
                 elapsed = time.time() - t_last
                 t_last = time.time()
                 n = (step % max(1, cfg.log_every)) or max(1, cfg.log_every)
-                with writer.as_default(step=step):
-                    for name, value in logs.items():
-                        summaries.scalar(f"loss/{name}" if name != "loss" else "loss", value)
-                    summaries.scalar("learning_rate", lr)
-                    summaries.scalar("images_per_second", n * images_per_step / max(
-                        elapsed, 1e-9))
+                _write_scalars(writer, step, logs, lr,
+                               n * images_per_step / max(elapsed, 1e-9))
             if step % max(1, cfg.checkpoint_every) == 0 or step == cfg.steps:
                 checkpointer.save(step)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
@@ -235,15 +294,15 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
         if bar is not None:
             bar.close()
         writer.flush()
-    if checkpointer.latest is None or not checkpointer.latest.endswith(f"-{step}"):
-        checkpointer.save(step)
-    if cfg.evaluate_at_end and step > 0:
-        last_scores = evaluate_fn(step)
-    result = dict(step=step, losses=losses, scores=last_scores, model=model,
-                  strategy=strategy, is_chief=is_chief)
-    if after_training is not None and is_chief:
-        after_training(model, result)
-    return result
+    return step, losses, last_scores
+
+
+def _write_scalars(writer, step, logs, lr, images_per_second):
+    with writer.as_default(step=step):
+        for name, value in logs.items():
+            summaries.scalar(f"loss/{name}" if name != "loss" else "loss", value)
+        summaries.scalar("learning_rate", lr)
+        summaries.scalar("images_per_second", images_per_second)
 
 
 def resample_mode(resample, is_tpu=False):
@@ -262,7 +321,7 @@ def resample_mode(resample, is_tpu=False):
 
 
 def _make_periodic_eval(cfg, model, meta, normalization, eval_dataset_fn, is_chief):
-    from iseg.evaluation import write_results
+    from iseg.evaluation import make_evaluator, write_results
 
     cache = {}
 
@@ -272,7 +331,7 @@ def _make_periodic_eval(cfg, model, meta, normalization, eval_dataset_fn, is_chi
         dataset = (eval_dataset_fn() if eval_dataset_fn is not None
                    else config_lib.make_eval_dataset(cfg, normalization))
         if "evaluator" not in cache:  # traced once, reused by every evaluation
-            cache["evaluator"] = make_evaluator(cfg, model, meta, normalization)
+            cache["evaluator"] = make_evaluator(cfg, model, meta)
         evaluator = cache["evaluator"]
         scores = evaluator.evaluate(dataset, max_batches=cfg.eval_steps,
                                     num_samples=cfg.num_summary_images, split=cfg.eval_split)
@@ -291,27 +350,3 @@ def _make_periodic_eval(cfg, model, meta, normalization, eval_dataset_fn, is_chi
         return scores
 
     return run
-
-
-def make_evaluator(cfg, model, meta, normalization):
-    from iseg.evaluation import Evaluator
-
-    denorm = None
-    try:
-        from iseg.datasets.pipeline import denormalize
-
-        def denorm(x):
-            return denormalize(x, normalization)
-    except ImportError:
-        pass
-    crop = tuple(cfg.eval_crop_size or cfg.crop_size)
-    stride = tuple(max(1, int(np.ceil(c * cfg.eval_stride_ratio))) for c in crop)
-    return Evaluator(model, meta.num_classes, class_names=meta.class_names,
-                     palette=meta.palette, ignore_label=meta.ignore_label,
-                     mode=cfg.eval_mode, scales=tuple(cfg.eval_scales), flip=cfg.eval_flip,
-                     crop_size=crop, stride=stride, align_corners=cfg.align_corners,
-                     denormalize_fn=denorm)
-
-
-def replace(cfg, **changes):
-    return dataclasses.replace(cfg, **changes)

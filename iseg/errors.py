@@ -1,4 +1,5 @@
-"""Errors the engine raises for bad input; the CLI prints them as one line."""
+"""Errors raised for bad input (settings, checkpoints, data, a diverging loss); the
+command lines print them as one line."""
 
 
 class ConfigError(ValueError):
