@@ -120,20 +120,24 @@ def test_unknown_model_backbone_head_dataset_list_valid_names():
         build_model_from_config(TrainConfig(head="fcn"), meta)
 
 
+CHECK_FLAGS_FROM_CONFIG = """
+import dataclasses, os
+from iseg.cli import flags as flags_lib
+from iseg.training.config import TrainConfig
+
+flags_lib.define_train_flags()
+flags_lib.FLAGS(["prog"])
+cfg = flags_lib.config_from_flags(["prog"])
+assert cfg == TrainConfig(model_dir=os.path.join("runs", "default")), cfg
+for field in dataclasses.fields(TrainConfig):
+    flag = flags_lib.FLAGS[field.name]
+    assert flag.help.endswith(field.metadata["help"]), field.name
+    assert getattr(flag.parser, "enum_values", None) == field.metadata["choices"], field.name
+"""
+
+
 def test_every_config_field_is_a_flag_with_its_default_help_and_choices():
-    import dataclasses
-
-    from iseg.training.config import TrainConfig
-
-    flags_lib.define_train_flags()
-    flags_lib.FLAGS.unparse_flags()
-    flags_lib.FLAGS(["prog"])
-    try:
-        cfg = flags_lib.config_from_flags(["prog"])
-    finally:
-        flags_lib.FLAGS.unparse_flags()
-    assert cfg == TrainConfig(model_dir=os.path.join("runs", "default"))
-    for field in dataclasses.fields(TrainConfig):
-        flag = flags_lib.FLAGS[field.name]
-        assert flag.help.endswith(field.metadata["help"]), field.name
-        assert getattr(flag.parser, "enum_values", None) == field.metadata["choices"]
+    # a fresh process: flags are global, and other entry points define some names
+    # (e.g. predict's --flip) first when they run in this one
+    r = _run_cli(["-c", CHECK_FLAGS_FROM_CONFIG])
+    assert r.returncode == 0, r.stderr[-2000:]

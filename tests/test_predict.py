@@ -110,7 +110,7 @@ def test_predict_refuses_an_output_folder_in_the_input(tmp_path, model, capsys, 
 
 
 def test_predict_never_overwrites_an_input_file(tmp_path, model):
-    from iseg.training.errors import ConfigError
+    from iseg.errors import ConfigError
 
     inp = _folder_of_images(tmp_path / "in", ["a.png"])
     before = checksums(inp)

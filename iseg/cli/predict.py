@@ -132,7 +132,7 @@ def output_paths(output_dir, name):
 def check_output_folder(input_path, output_dir, files, names):
     """Refuse an output folder equal to or inside the input folder, and any output path
     that is an input file."""
-    from iseg.training.errors import ConfigError
+    from iseg.errors import ConfigError
 
     inp, out = os.path.realpath(input_path), os.path.realpath(output_dir)
     if os.path.isdir(inp) and (out == inp or out.startswith(inp.rstrip(os.sep) + os.sep)):
