@@ -114,7 +114,8 @@ def _timm_hrnet(model):
             s, m = int(parts[0][5:]), int(parts[1][6:])
             for j, path in layer.paths.items():
                 p = f"stage{s}.{m - 1}.fuse_layers.{layer.index}.{j}."
-                _put_chain(sd, path, [p] if j > layer.index else [f"{p}{q}." for q in range(len(path.convs))])
+                steps = [p] if j > layer.index else [f"{p}{q}." for q in range(len(path.convs))]
+                _put_chain(sd, path, steps)
     sd["final_layer.0.weight"] = np.zeros((3, 2, 1, 1), "float32")
     sd["classifier.weight"] = np.zeros((10, 3), "float32")
     return sd
@@ -131,7 +132,8 @@ def test_timm_hrnet_layout_round_trip(tmp_path):
     a, b = src(x), model(x)
     for key in a:
         np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), rtol=1e-5, atol=1e-5)
-    write_safetensors(tmp_path / "extra.safetensors", {**sd, "stage5.0.x.weight": sd["conv1.weight"]})
+    extra = {**sd, "stage5.0.x.weight": sd["conv1.weight"]}
+    write_safetensors(tmp_path / "extra.safetensors", extra)
     with pytest.raises(ValueError, match="no place in backbone.*stage5.0.x.weight"):
         build_backbone("hrnetv2_w18", weights=tmp_path / "extra.safetensors", **TINY)
     with pytest.raises(ValueError, match="hrnet_w18"):

@@ -1,5 +1,5 @@
-"""iseg.backbones: ResNet (v1 / deep stem, dilated), ConvNeXt, Swin and HRNetV2 as Keras models whose
-output is a dict of endpoints {"stem", "c2", "c3", "c4", "c5"}."""
+"""iseg.backbones: ResNet (v1 / deep stem, dilated), ConvNeXt, Swin and HRNetV2 as Keras
+models whose output is a dict of endpoints {"stem", "c2", "c3", "c4", "c5"}."""
 
 from iseg.backbones.common import DropPath
 from iseg.backbones.convnext import ConvNeXtBlock, ConvNeXtDownsample, build_convnext

@@ -180,7 +180,9 @@ def build_hrnet(
     widths = tuple(widths or (width, 2 * width, 4 * width, 8 * width))
     modules = tuple(modules or HRNET_WIDTHS[width])
     if len(widths) != 4 or len(modules) != 3:
-        raise ValueError(f"HRNet needs 4 branch widths and 3 module counts, got {widths}, {modules}")
+        raise ValueError(
+            f"HRNet needs 4 branch widths and 3 module counts, got {widths}, {modules}"
+        )
     norm = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
     block = dict(
         stride_conv="3x3", conv_bias=False, padding="symmetric", **norm
@@ -203,20 +205,18 @@ def build_hrnet(
         for i in range(n):
             if i < len(branches) and channels[i] == widths[i]:
                 new.append(branches[i])
-            elif i < len(branches):
-                chain = ConvBNChain([[widths[i], 3, 1, True]], name=f"transition{stage - 1}_{i}", **norm)
-                new.append(chain(branches[i]))
-            else:
-                chain = ConvBNChain([[widths[i], 3, 2, True]], name=f"transition{stage - 1}_{i}", **norm)
-                new.append(chain(branches[-1]))
+                continue
+            stride = 1 if i < len(branches) else 2  # a new branch: from the last one
+            chain = ConvBNChain(
+                [[widths[i], 3, stride, True]], name=f"transition{stage - 1}_{i}", **norm
+            )
+            new.append(chain(branches[min(i, len(branches) - 1)]))
         branches, channels = new, list(widths[:n])
         for m in range(num_modules):
             for i in range(n):
                 for k in range(blocks):
-                    branches[i] = ResNetBlock(
-                        widths[i], "basic", name=f"stage{stage}_module{m + 1}_branch{i}_block{k + 1}",
-                        **block,
-                    )(branches[i])
+                    name = f"stage{stage}_module{m + 1}_branch{i}_block{k + 1}"
+                    branches[i] = ResNetBlock(widths[i], "basic", name=name, **block)(branches[i])
             branches = [
                 HRFuse(i, widths[:n], name=f"stage{stage}_module{m + 1}_fuse{i}", **norm)(branches)
                 for i in range(n)

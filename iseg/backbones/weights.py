@@ -447,7 +447,8 @@ class KerasAppSource:
 
 def _imagenet(name, builder):
     """keras.applications' ImageNet weights (downloaded to ~/.keras/models)."""
-    if builder.family in ("swin", "hrnet") or (builder.family == "resnet" and builder.defaults.get("stem") == "deep"):
+    deep_resnet = builder.family == "resnet" and builder.defaults.get("stem") == "deep"
+    if builder.family in ("swin", "hrnet") or deep_resnet:
         raise ValueError(
             f"No keras.applications ImageNet weights exist for backbone {name!r}. Download "
             f"{TIMM_HINT[builder.family]} from the Hugging Face hub and pass its path as "
