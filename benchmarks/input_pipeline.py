@@ -93,11 +93,12 @@ def _device_step_ms(data, crop):
     """Median CPU milliseconds per image of `resample_views` on a batch of views."""
     import tensorflow as tf
 
+    from iseg.datasets.augment import AugmentOptions
     from iseg.datasets.pipeline import build_dataset, resample_views
 
     ds = build_dataset(data, "train", training=True, batch_size=FLAGS.batch_size,
-                       crop_size=crop, photometric=FLAGS.photometric, seed=1,
-                       resample="device")
+                       crop_size=crop, augment=AugmentOptions(photometric=FLAGS.photometric),
+                       seed=1, resample="device")
     step = tf.function(lambda views: resample_views(views)[0])
     times = []
     for views in ds.take(FLAGS.repeats + 1):
@@ -111,6 +112,7 @@ def main(argv):
     del argv
     import tensorflow as tf
 
+    from iseg.datasets.augment import AugmentOptions
     from iseg.datasets.convert import convert_dataset
     from iseg.datasets.pipeline import build_dataset
 
@@ -140,7 +142,8 @@ def main(argv):
                 else:
                     ds = build_dataset(data, "train", training=True,
                                        batch_size=FLAGS.batch_size, crop_size=crop,
-                                       photometric=FLAGS.photometric, seed=0,
+                                       augment=AugmentOptions(photometric=FLAGS.photometric),
+                                       seed=0,
                                        deterministic=FLAGS.deterministic,
                                        resample="device" if name == "training input"
                                        else "host")

@@ -42,6 +42,7 @@ def main(argv):
     import keras
     import tensorflow as tf
 
+    from iseg.datasets.augment import AugmentOptions
     from iseg.datasets.pipeline import build_dataset
     from iseg.datasets.synthetic import generate_shapes
 
@@ -53,7 +54,8 @@ def main(argv):
         k = info["num_classes"]
         data = os.path.join(tmp, "shapes")
         train = build_dataset(data, "train", training=True, batch_size=FLAGS.batch_size,
-                              crop_size=(96, 96), scale_range=(0.75, 1.5), scale_step=None,
+                              crop_size=(96, 96),
+                              augment=AugmentOptions(scale_range=(0.75, 1.5), scale_step=None),
                               seed=0)
         model = tiny_net(k)
 

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from datasets_testutil import save_image, save_label
 from iseg.datasets import augment
+from iseg.datasets.augment import AugmentOptions
 from iseg.datasets.convert import convert_dataset
 from iseg.datasets.pipeline import build_dataset, denormalize, normalize
 
@@ -84,9 +85,10 @@ def test_view_that_fits_equals_resize_pad_crop_flip():
     flips = set()
     for k in range(8):
         seed = tf.constant([k, 7], tf.int64)
+        options = AugmentOptions(scales=(1.5,), brightness=False)
         img, lab, valid = augment.augment(tf.constant(image), tf.constant(label), seed, (40, 41),
-                                          scales=[1.5], brightness=False)
-        _, _, _, flip, _ = augment.random_view(tf.constant([11, 14]), seed, (40, 41), scales=[1.5])
+                                          options)
+        _, _, _, flip, _ = augment.random_view(tf.constant([11, 14]), seed, (40, 41), options)
         flip = bool(flip)
         flips.add(flip)
         ref = tf.compat.v1.image.resize_bilinear(image[None], (16, 21), align_corners=True)[0]
@@ -151,9 +153,8 @@ def test_normalisation_inside_augment_matches_normalize():
     for mode in ("minus_one_to_one", "imagenet"):
         for k in range(6):
             seed = tf.constant([k, 1], tf.int64)
-            raw, _, valid = augment.augment(image, label, seed, (25, 25), brightness=True)
-            got, _, _ = augment.augment(image, label, seed, (25, 25), brightness=True,
-                                        normalization=mode)
+            raw, _, valid = augment.augment(image, label, seed, (25, 25))
+            got, _, _ = augment.augment(image, label, seed, (25, 25), normalization=mode)
             expected = np.where(valid.numpy()[..., None], normalize(raw, mode).numpy(), 0.0)
             np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
 
@@ -185,8 +186,7 @@ def _interior(lab):
 def test_augmentation_keeps_image_and_label_aligned(tmp_path):
     data = _make(tmp_path, [(20, 24), (28, 20), (16, 16), (24, 30)])
     ds = build_dataset(str(data), "train", training=True, batch_size=2, crop_size=(17, 19),
-                       scale_range=(0.5, 2.0), scale_step=0.25, flip=True, brightness=False,
-                       seed=3)
+                       augment=AugmentOptions(brightness=False), seed=3)
     checked = padded = 0
     for images, labels in ds.take(8):
         assert images.dtype == tf.float32 and labels.dtype == tf.int32
@@ -218,7 +218,7 @@ def test_scale_and_flip_are_applied(tmp_path):
     convert_dataset("generic", str(d), str(tmp_path / "out"), splits=["train"], num_workers=0,
                     progress=False, class_list=str(d / "classes.txt"))
     ds = build_dataset(str(tmp_path / "out"), "train", training=True, batch_size=1,
-                       crop_size=(13, 40), brightness=False, seed=0)
+                       crop_size=(13, 40), augment=AugmentOptions(brightness=False), seed=0)
     widths, firsts = set(), set()
     for _, labels in ds.take(40):
         row = labels.numpy()[0, 0]
@@ -233,7 +233,8 @@ def test_scale_and_flip_are_applied(tmp_path):
 def test_photometric_and_brightness_keep_range_and_padding(tmp_path):
     data = _make(tmp_path, [(12, 12), (14, 10)])
     ds = build_dataset(str(data), "train", training=True, batch_size=2, crop_size=(15, 15),
-                       brightness=True, photometric=True, seed=1, normalization="imagenet")
+                       augment=AugmentOptions(photometric=True), seed=1,
+                       normalization="imagenet")
     for images, labels in ds.take(5):
         img = denormalize(images, "imagenet").numpy()
         assert img.min() >= -1e-3 and img.max() <= 255 + 1e-3
@@ -250,7 +251,8 @@ def test_device_resampling_equals_the_host_pipeline(tmp_path, photometric, norma
     # sizes below and above the crop: padding, partial windows, flips, scale 1
     data = _make(tmp_path, [(12, 17), (30, 22), (9, 9), (40, 40), (21, 13)])
     kw = dict(training=True, batch_size=5, crop_size=(16, 19), seed=4, deterministic=True,
-              photometric=photometric, normalization=normalization, scale_step=None)
+              augment=AugmentOptions(photometric=photometric, scale_step=None),
+              normalization=normalization)
     host = build_dataset(str(data), "train", **kw)
     device = build_dataset(str(data), "train", resample="device", **kw)
     assert set(device.element_spec) >= {"image", "label", "rows", "cols"}
@@ -268,7 +270,8 @@ def test_device_resampling_equals_the_host_pipeline(tmp_path, photometric, norma
 def test_views_hold_only_the_window(tmp_path):
     data = _make(tmp_path, [(60, 80)])
     ds = build_dataset(str(data), "train", training=True, batch_size=1, crop_size=(10, 10),
-                       seed=0, resample="device", scales=[2.0], flip=False)
+                       seed=0, resample="device",
+                       augment=AugmentOptions(scales=(2.0,), flip=False))
     views = next(iter(ds))
     # scale 2 of a 60x80 image, crop 10: a window of round(9 / 2) + 1 = 5 source pixels
     assert views["image"].shape == (1, 5, 5, 3) and views["image"].dtype == tf.uint8
@@ -278,6 +281,22 @@ def test_views_hold_only_the_window(tmp_path):
     with pytest.raises(ValueError, match="resample must be one of"):
         build_dataset(str(data), "train", training=True, batch_size=1, crop_size=(10, 10),
                       resample="gpu")
+
+
+def test_colour_changes_are_drawn_as_documented():
+    """Brightness: p 0.5, delta in +-max; contrast / saturation: p 0.5, factor in
+    0.5..1.5, and 1 when photometric is off; brightness 0 when it is off."""
+    us = tf.random.stateless_uniform([400, 10], seed=[3, 4])
+    on = [augment.colour_changes(u, AugmentOptions(photometric=True, max_brightness_delta=20))
+          for u in us]
+    for name, lo, hi, unchanged in (("brightness", -20, 20, 0.0), ("contrast", 0.5, 1.5, 1.0),
+                                    ("saturation", 0.5, 1.5, 1.0)):
+        values = np.array([float(c[name]) for c in on])
+        assert values.min() >= lo and values.max() <= hi, name
+        assert 0.4 < np.mean(values != unchanged) < 0.6, name
+    off = augment.colour_changes(us[0], AugmentOptions(brightness=False))
+    assert {k: float(v) for k, v in off.items()} == {
+        "brightness": 0.0, "contrast": 1.0, "saturation": 1.0}
 
 
 def test_saturation_matches_adjust_saturation():
@@ -297,7 +316,8 @@ def test_deterministic_with_seed(tmp_path):
 
     def first(seed):
         ds = build_dataset(str(data), "train", training=True, batch_size=2, crop_size=(9, 9),
-                           seed=seed, deterministic=True, photometric=True)
+                           seed=seed, deterministic=True,
+                           augment=AugmentOptions(photometric=True))
         return [x.numpy() for x, _ in ds.take(3)]
 
     a, b, c = first(5), first(5), first(6)

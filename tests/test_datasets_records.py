@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from iseg.datasets import tfrecord
+from iseg.datasets.augment import AugmentOptions
 from iseg.datasets.pipeline import build_dataset
 
 H, W = 9, 12
@@ -126,8 +127,9 @@ def test_original_iseg_records_train_with_mapping(tmp_path):
     exs = _examples(4, rng, 59)
     _write(tmp_path / "train-0.tfrecord", [_iseg_record(img, lab, True) for _, img, lab in exs])
     ds = build_dataset(str(tmp_path), "train", training=True, batch_size=2, crop_size=(H, W),
-                       dataset="pascal_context", raw_labels=True, scale_range=(1.0, 1.0),
-                       scale_step=None, flip=False, brightness=False, seed=0, deterministic=True,
+                       dataset="pascal_context", raw_labels=True,
+                       augment=AugmentOptions(scales=(1.0,), flip=False, brightness=False),
+                       seed=0, deterministic=True,
                        repeat=False, shuffle_buffer=1)
     labels = np.concatenate([lab.numpy() for _, lab in ds])
     expected = np.stack([np.where(lab == 0, 255, lab.astype(np.int32) - 1) for _, _, lab in exs])

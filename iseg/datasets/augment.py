@@ -27,10 +27,34 @@ weights sum to one, so it commutes with the resize), then one clip (only when a
 brightness change was drawn); the padding is 0 (the mean pixel).
 
 All randomness is drawn from stateless ops seeded per example, so a fixed seed gives the
-same crops no matter how many parallel calls run.
+same crops no matter how many parallel calls run. `random_view` draws a view's geometry and
+colour changes once; `augment` (host) and `augment_views` + `resample_views` (device)
+both apply that one draw.
 """
 
+import dataclasses
+
 import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentOptions:
+    """What a random training view may change.
+
+    scale_range, scale_step: scale factors ``min, min + step, ..., max`` (continuous in
+      the range when `scale_step` is None or 0); `scales`: an explicit list instead.
+    flip: horizontal flip with p 0.5.
+    brightness: an additive change with p 0.5, uniform in +-`max_brightness_delta`.
+    photometric: contrast, then saturation, each with p 0.5 and a factor in 0.5..1.5.
+    """
+
+    scale_range: tuple = (0.5, 2.0)
+    scale_step: float = 0.25
+    scales: tuple = None
+    flip: bool = True
+    brightness: bool = True
+    max_brightness_delta: float = 32.0
+    photometric: bool = False
 
 
 def axis_view(in_len, crop_len, scale, u):
@@ -186,39 +210,40 @@ def _random_int(u, n):
     return tf.minimum(tf.cast(u * tf.cast(n + 1, tf.float32), tf.int32), n)
 
 
-def random_view(shape, seed, crop_size, scale_range=(0.5, 2.0), scale_step=0.25, scales=None,
-                flip=True):
-    """(start, size, out_size, flip, uniforms) of a random view of an image of `shape`."""
+def random_view(shape, seed, crop_size, options=AugmentOptions()):
+    """(start, size, out_size, flip, colour) of a random view of an image of `shape`:
+    the source window, the output block size, the flip (None when `options.flip` is off)
+    and the colour changes (`colour_changes`)."""
     u = tf.random.stateless_uniform([10], seed=seed)
-    s = choose_scale(u[0], scale_range, scale_step, scales)
+    s = choose_scale(u[0], options.scale_range, options.scale_step, options.scales)
     y0, ly, oy = axis_view(shape[0], crop_size[0], s, u[1])
     x0, lx, ox = axis_view(shape[1], crop_size[1], s, u[2])
-    do_flip = u[3] < 0.5 if flip else None
-    return (y0, x0), (ly, lx), (oy, ox), do_flip, u
+    do_flip = u[3] < 0.5 if options.flip else None
+    return (y0, x0), (ly, lx), (oy, ox), do_flip, colour_changes(u, options)
 
 
-def augment(
-    image,
-    label,
-    seed,
-    crop_size,
-    scale_range=(0.5, 2.0),
-    scale_step=0.25,
-    scales=None,
-    flip=True,
-    brightness=True,
-    photometric=False,
-    max_brightness_delta=32.0,
-    encoded=None,
-    normalization=None,
-    with_valid=True,
-    pad=True,
-):
+def colour_changes(u, options):
+    """The view's colour changes from its uniforms `u`: ``brightness`` (additive delta, 0
+    when not drawn or off), ``contrast`` and ``saturation`` (factors, 1 when not drawn or
+    off)."""
+    def factor(p, f):
+        return tf.where(p < 0.5, 0.5 + f, 1.0) if options.photometric else tf.constant(1.0)
+
+    delta = tf.constant(0.0)
+    if options.brightness:
+        delta = tf.where(u[4] < 0.5, (u[5] * 2.0 - 1.0) * options.max_brightness_delta, 0.0)
+    return {"brightness": delta, "contrast": factor(u[6], u[7]),
+            "saturation": factor(u[8], u[9])}
+
+
+def augment(image, label, seed, crop_size, options=AugmentOptions(), *, encoded=None,
+            normalization=None, with_valid=True, pad=True):
     """Random training view of one example.
 
     Args:
       image: uint8 [H, W, 3] (or None with `encoded` image bytes); label: integer
         [H, W] or [H, W, 1]; seed: int [2] stateless seed for this example.
+      options: an `AugmentOptions`.
       normalization: None (output 0..255) or a mode of `iseg.datasets.pipeline.normalize`.
       with_valid: also return the valid-pixel mask (else None).
       pad: False leaves the bottom/right padding to the caller (see `place`).
@@ -228,30 +253,27 @@ def augment(
     """
     if label.shape.rank == 3:
         label = label[..., 0]
-    start, size, out_size, do_flip, u = random_view(
-        tf.shape(label), seed, crop_size, scale_range, scale_step, scales, flip)
+    start, size, out_size, do_flip, colour = random_view(
+        tf.shape(label), seed, crop_size, options)
+    delta = colour["brightness"]
     affine = None
-    if normalization is not None and not photometric:
+    if normalization is not None and not options.photometric:
         # brightness + normalisation as one multiply-add, done inside the resampling
-        delta = brightness_delta(u, brightness, max_brightness_delta)
         scale, shift, lo, hi = _affine_params(delta, normalization)
         affine = (scale, shift)
     block, lab = crop_block(image, label, start, size, out_size, do_flip, encoded, affine)
-    if photometric:
-        if brightness:
-            block = tf.clip_by_value(block + brightness_delta(u, True, max_brightness_delta),
-                                     0.0, 255.0)
-        block = photometric_distortion(block, u)
-        if normalization is not None:
-            scale, shift, _, _ = _affine_params(0.0, normalization)
-            block = block * scale + shift
-    elif affine is not None:
-        if brightness:  # values only leave [lo, hi] when a brightness change was applied
+    if affine is not None:
+        if options.brightness:  # values only leave [lo, hi] after a brightness change
             block = tf.cond(tf.not_equal(delta, 0.0),
                             lambda: tf.clip_by_value(block, lo, hi), lambda: block)
-    elif brightness:
-        block = tf.clip_by_value(block + brightness_delta(u, True, max_brightness_delta),
-                                 0.0, 255.0)
+        return place(block, lab, crop_size, do_flip, with_valid, pad)
+    if options.brightness:
+        block = tf.clip_by_value(block + delta, 0.0, 255.0)
+    if options.photometric:
+        block = photometric_distortion(block, colour["contrast"], colour["saturation"])
+    if normalization is not None:
+        scale, shift, _, _ = _affine_params(0.0, normalization)
+        block = block * scale + shift
     return place(block, lab, crop_size, do_flip, with_valid, pad)
 
 
@@ -284,20 +306,7 @@ def axis_samples(length, out, crop_len, mirror=None):
     return indices, tf.where(valid, weight, 0.0)
 
 
-def augment_views(
-    image,
-    label,
-    seed,
-    crop_size,
-    scale_range=(0.5, 2.0),
-    scale_step=0.25,
-    scales=None,
-    flip=True,
-    brightness=True,
-    photometric=False,
-    max_brightness_delta=32.0,
-    encoded=None,
-):
+def augment_views(image, label, seed, crop_size, options=AugmentOptions(), *, encoded=None):
     """The random view of `augment` without its pixel work: the source window (uint8) and
     the sampling positions and colour changes that `resample_views` applies later, on a
     whole batch, on the accelerator. Same arguments and the same view as `augment`.
@@ -310,8 +319,8 @@ def augment_views(
     """
     if label.shape.rank == 3:
         label = label[..., 0]
-    start, size, out_size, do_flip, u = random_view(
-        tf.shape(label), seed, crop_size, scale_range, scale_step, scales, flip)
+    start, size, out_size, do_flip, colour = random_view(
+        tf.shape(label), seed, crop_size, options)
     window, lab = source_window(image, label, start, size, encoded)
     rows, row_weight = axis_samples(size[0], out_size[0], crop_size[0])
     cols, col_weight = axis_samples(size[1], out_size[1], crop_size[1], do_flip)
@@ -319,11 +328,11 @@ def augment_views(
         "image": window, "label": lab, "rows": rows, "row_weight": row_weight,
         "cols": cols, "col_weight": col_weight,
     }
-    if brightness:
-        views["brightness"] = brightness_delta(u, True, max_brightness_delta)
-    if photometric:
-        views["contrast"] = tf.where(u[6] < 0.5, 0.5 + u[7], 1.0)
-        views["saturation"] = tf.where(u[8] < 0.5, 0.5 + u[9], 1.0)
+    if options.brightness:
+        views["brightness"] = colour["brightness"]
+    if options.photometric:
+        views["contrast"] = colour["contrast"]
+        views["saturation"] = colour["saturation"]
     return views
 
 
@@ -402,22 +411,15 @@ def _affine_params(delta, mode):
     return scale, shift, lo, hi
 
 
-def brightness_delta(u, brightness, max_delta=32.0):
-    """The additive brightness change (0 when not applied) from the view's uniforms."""
-    if not brightness:
-        return tf.constant(0.0)
-    return tf.where(u[4] < 0.5, (u[5] * 2.0 - 1.0) * max_delta, 0.0)
-
-
-def photometric_distortion(block, u):
-    """Contrast then saturation, each with p 0.5 and a factor in 0.5..1.5, clipped to
-    0..255 (the contrast mean is taken over the valid pixels)."""
-    def contrast():
+def photometric_distortion(block, contrast, saturation):
+    """Contrast then saturation by the given factors (each skipped when 1), clipped to
+    0..255 (the contrast mean is taken over the block: the valid pixels)."""
+    def adjust_contrast():
         mean = tf.reduce_mean(block, axis=[0, 1])
-        return tf.clip_by_value((block - mean) * (0.5 + u[7]) + mean, 0.0, 255.0)
+        return tf.clip_by_value((block - mean) * contrast + mean, 0.0, 255.0)
 
-    block = tf.cond(u[6] < 0.5, contrast, lambda: block)
+    block = tf.cond(tf.not_equal(contrast, 1.0), adjust_contrast, lambda: block)
     return tf.cond(
-        u[8] < 0.5,
-        lambda: tf.clip_by_value(_scale_saturation(block, 0.5 + u[9]), 0.0, 255.0),
+        tf.not_equal(saturation, 1.0),
+        lambda: tf.clip_by_value(_scale_saturation(block, saturation), 0.0, 255.0),
         lambda: block)

@@ -1,9 +1,12 @@
 """The tf.data input pipeline over converted (or foreign) TFRecord folders.
 
 ``build_dataset(data_dir, split, *, training, batch_size, crop_size=(513, 513),
-normalization="minus_one_to_one", scale_range=(0.5, 2.0), scale_step=0.25, flip=True,
-brightness=True, photometric=False, seed=None, deterministic=False, input_context=None,
-repeat=None, shuffle_buffer=512, pad_to_multiple=None, **options)``
+normalization="minus_one_to_one", augment=AugmentOptions(), seed=None,
+deterministic=False, input_context=None, repeat=None, shuffle_buffer=512,
+pad_to_multiple=None, **options)``
+
+`augment` (an `augment.AugmentOptions`: scales, flip, brightness, photometric distortion)
+applies to training only.
 
 Training yields ``(images float32 [B, ch, cw, 3], labels int32 [B, ch, cw])`` (ignore 255
 in padding, ``drop_remainder=True``). With ``resample="device"`` training yields the
@@ -30,7 +33,6 @@ Extra keyword options:
     reading, errors name the shard), "full" (read every record once), or None.
   skip_corrupt: drop unreadable records instead of failing (each drop is logged; a shard
     that fails the check is logged and read as far as possible).
-  scales: explicit list of scale factors (overrides scale_range / scale_step).
   validate_labels: assert every label is in [0, K) or 255 (default True).
   cycle_length: number of shards read in parallel (default: min(shards, 8) in training,
     1 in evaluation so records come in file order).
@@ -46,6 +48,7 @@ import tensorflow as tf
 from absl import logging
 
 from iseg.datasets import augment as augment_lib
+from iseg.datasets.augment import AugmentOptions
 from iseg.datasets import info as info_lib
 from iseg.datasets import tfrecord
 from iseg.datasets.specs import IGNORE_LABEL, get_dataset_spec
@@ -164,11 +167,7 @@ def build_dataset(
     batch_size,
     crop_size=(513, 513),
     normalization="minus_one_to_one",
-    scale_range=(0.5, 2.0),
-    scale_step=0.25,
-    flip=True,
-    brightness=True,
-    photometric=False,
+    augment=AugmentOptions(),
     seed=None,
     deterministic=False,
     input_context=None,
@@ -182,7 +181,6 @@ def build_dataset(
     file_pattern=None,
     check="header",
     skip_corrupt=False,
-    scales=None,
     validate_labels=True,
     cycle_length=None,
     resample="host",
@@ -219,10 +217,8 @@ def build_dataset(
                   deterministic=deterministic, input_context=input_context, repeat=repeat,
                   shuffle_buffer=shuffle_buffer, cycle_length=cycle_length)
     if training:
-        options = dict(scale_range=scale_range, scale_step=scale_step, scales=scales,
-                       flip=flip, brightness=brightness, photometric=photometric)
         ds = _training_batches(ds, read, batch_size, crop_size, normalization, seed,
-                               deterministic, skip_corrupt, resample, options)
+                               deterministic, skip_corrupt, resample, augment)
     else:
         ds = _eval_batches(ds, read, batch_size, crop_size, normalization, pad_to_multiple,
                            skip_corrupt)
@@ -279,7 +275,7 @@ def _records(files, compression, *, training, seed, deterministic, input_context
 
 
 def _training_batches(ds, read, batch_size, crop_size, normalization, seed, deterministic,
-                      skip_corrupt, resample, options):
+                      skip_corrupt, resample, augment):
     """Random training views (each record with its own stateless seed), batched: crops
     (``resample="host"``) or views to resample on the device."""
     crop = tuple(int(c) for c in crop_size)
@@ -292,11 +288,11 @@ def _training_batches(ds, read, batch_size, crop_size, normalization, seed, dete
         ex, label = read(record)
         if resample == "device":
             return augment_lib.augment_views(
-                ex.get("image"), label, element_seed, crop, encoded=ex.get("encoded"),
-                **options)
+                ex.get("image"), label, element_seed, crop, augment,
+                encoded=ex.get("encoded"))
         img, lab, _ = augment_lib.augment(
-            ex.get("image"), label, element_seed, crop, encoded=ex.get("encoded"),
-            normalization=normalization, with_valid=False, pad=False, **options)
+            ex.get("image"), label, element_seed, crop, augment, encoded=ex.get("encoded"),
+            normalization=normalization, with_valid=False, pad=False)
         return img, lab
 
     ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)

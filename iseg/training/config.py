@@ -200,9 +200,13 @@ def build_model_from_config(cfg, meta):
     return models.build_model(cfg.head, cfg.backbone, meta.num_classes, **opts)
 
 
-def pipeline_options(cfg):
-    return dict(scale_range=(cfg.min_scale, cfg.max_scale), scale_step=cfg.scale_step,
-                flip=cfg.flip, brightness=cfg.brightness, photometric=cfg.photometric)
+def augment_options(cfg):
+    """The training views' `AugmentOptions` from the config."""
+    from iseg.datasets.augment import AugmentOptions
+
+    return AugmentOptions(scale_range=(cfg.min_scale, cfg.max_scale),
+                          scale_step=cfg.scale_step, flip=cfg.flip,
+                          brightness=cfg.brightness, photometric=cfg.photometric)
 
 
 def make_train_dataset_fn(cfg, normalization, resample="host"):
@@ -218,7 +222,7 @@ def make_train_dataset_fn(cfg, normalization, resample="host"):
             # element order is always deterministic (cheap) so seeded runs repeat; the
             # --deterministic flag adds deterministic TF ops (slower on GPUs)
             deterministic=True, input_context=input_context, repeat=True,
-            shuffle_buffer=cfg.shuffle_buffer, resample=resample, **pipeline_options(cfg))
+            shuffle_buffer=cfg.shuffle_buffer, resample=resample, augment=augment_options(cfg))
     return fn
 
 
@@ -263,6 +267,8 @@ def rebuild_model(record):
     float32 whatever the training precision (the record's layers are rebuilt under the
     global policy; this keeps the model's own input cast consistent with them)."""
     import keras
+
+    import iseg.models  # noqa: F401  (registers the Keras classes the record names)
 
     config = dict(record["model"], config=dict(record["model"]["config"], dtype="float32"))
     model = keras.saving.deserialize_keras_object(config)
