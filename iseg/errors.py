@@ -16,3 +16,7 @@ class TrainingDivergedError(RuntimeError):
 
 class EmptyDatasetError(ValueError):
     """A split that yields no examples."""
+
+
+class ModelDirInUseError(RuntimeError):
+    """Another training run holds the model_dir's lock."""

@@ -3,12 +3,16 @@ evaluate -> predict, and a checkpoint from a different model."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from files_testutil import checksums  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -182,3 +186,22 @@ def test_resample_mode(monkeypatch):
         resample_mode("device", is_tpu=True)
     with pytest.raises(ValueError, match="'gpu'"):
         resample_mode("gpu")
+
+
+def test_train_cli_on_a_model_dir_in_use_is_one_line(trained, capsys):
+    from iseg.cli import train
+    from iseg.training.lock import ModelDirLock
+
+    root, cfg, model_dir, _ = trained
+    before = checksums(model_dir)
+    with ModelDirLock(str(model_dir)):
+        with pytest.raises(SystemExit) as e:
+            _in_process(train, ["train.py", f"--flagfile={cfg}", f"--model_dir={model_dir}",
+                                "--steps=6"])
+    assert e.value.code == 1
+    err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
+    assert err == [f"train.py: error: --model_dir={model_dir} is in use by another training "
+                   f"run (PID {os.getpid()} on host {socket.gethostname()}, since "
+                   f"{err[0].split('since ')[1].split(')')[0]}); wait for it to end or choose "
+                   f"another --model_dir (if no run uses it, delete {model_dir}/.lock)"]
+    assert checksums(model_dir) == before

@@ -228,10 +228,11 @@ def user_errors():
         CheckpointMismatchError,
         ConfigError,
         EmptyDatasetError,
+        ModelDirInUseError,
         TrainingDivergedError,
     )
     return (ConfigError, CheckpointMismatchError, EmptyDatasetError, TrainingDivergedError,
-            FileNotFoundError, FlagFileError)
+            ModelDirInUseError, FileNotFoundError, FlagFileError)
 
 
 def run_cli(program, define_flags, main, argv=None, verbosity=logging.INFO):

@@ -254,6 +254,41 @@ def write_run_config(model_dir, cfg, meta, model):
     return path
 
 
+def _flat(value, prefix=""):
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flat(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def check_same_model(model_dir, model):
+    """Refuse to resume a model_dir (one with checkpoints) whose run_config.json records a
+    model other than `model`; the ConfigError names the settings that differ."""
+    import keras
+
+    path = os.path.join(model_dir, "run_config.json")
+    if not (os.path.isfile(path) and
+            os.path.isfile(os.path.join(model_dir, "checkpoints", "checkpoint"))):
+        return
+    ignored = {"name", "dtype", "trainable"}  # not part of what the model computes
+    ours = json.loads(json.dumps(keras.saving.serialize_keras_object(model), default=list))
+    theirs = read_run_config(model_dir)["model"]
+    ours, theirs = ({"class_name": m.get("class_name"), **{
+        k: v for k, v in m.get("config", {}).items() if k not in ignored}}
+        for m in (ours, theirs))
+    ours, theirs = _flat(ours), _flat(theirs)
+    diff = [f"{k}: {theirs.get(k, '(none)')!r} recorded, {ours.get(k, '(none)')!r} now"
+            for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+    if diff:
+        shown = "; ".join(diff[:6]) + (f"; (+{len(diff) - 6} more)" if len(diff) > 6 else "")
+        raise ConfigError(
+            f"--model_dir={model_dir} holds checkpoints of another model ({shown}); resume "
+            "it with the flags it was trained with (see its run_config.json) or choose "
+            "another --model_dir")
+
+
 def read_run_config(model_dir):
     path = os.path.join(model_dir, "run_config.json")
     if not os.path.isfile(path):

@@ -10,6 +10,7 @@ are summed over replicas.
 """
 
 import dataclasses
+import json
 import os
 import time
 
@@ -23,6 +24,7 @@ from iseg.training import checkpoints as ckpt_lib
 from iseg.training import config as config_lib
 from iseg.training import summaries
 from iseg.errors import ConfigError, EmptyDatasetError, TrainingDivergedError
+from iseg.training.lock import ModelDirLock, lock_name
 from iseg.training.optimizers import build_optimizer, current_learning_rate, prepare_optimizer
 from iseg.training.schedules import WarmupDecay
 from iseg.training.strategy import create_strategy, per_replica_batch_size, task_info
@@ -78,12 +80,16 @@ def train(cfg, *, model_fn=None, train_dataset_fn=None, eval_dataset_fn=None, me
     runs on the chief (exports, overlays).
     """
     os.makedirs(cfg.model_dir, exist_ok=True)
+    tf_config = (json.loads(os.environ.get("TF_CONFIG") or "{}")
+                 if cfg.strategy == "multi_worker" else None)
     old_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(PRECISION_POLICIES[cfg.mixed_precision])
-    try:
-        return _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_training)
-    finally:
-        keras.config.set_dtype_policy(old_policy)
+    with ModelDirLock(cfg.model_dir, lock_name(tf_config)):
+        keras.config.set_dtype_policy(PRECISION_POLICIES[cfg.mixed_precision])
+        try:
+            return _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta,
+                          after_training)
+        finally:
+            keras.config.set_dtype_policy(old_policy)
 
 
 @dataclasses.dataclass
@@ -162,6 +168,7 @@ def _set_up_model(cfg, model_fn, meta):
         prepare_optimizer(optimizer, model, cfg.layer_decay)
         loss_tracker = keras.metrics.Mean(name="loss")
     if is_chief:
+        config_lib.check_same_model(cfg.model_dir, model)
         config_lib.write_run_config(cfg.model_dir, cfg, meta, model)
     return _Run(cfg, strategy, model, optimizer, loss_tracker, meta, task_id, is_chief)
 
