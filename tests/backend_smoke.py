@@ -16,6 +16,7 @@ BACKBONE = dict(depths=(1, 1, 1, 1), widths=(4, 4, 8, 8), stem_width=8)
 MODELS = {
     "fcn_resnet50_d8_car": dict(channels=16),
     "caa_resnet50_d8_car": dict(channels=16, end_channels=8, guide_filters=4, mlp_hidden=4),
+    "hfgd_resnet18": dict(context_channels=8, num_heads=2, fpn_channels=4),
 }
 
 
@@ -62,6 +63,8 @@ def main():
         assert np.isfinite(hist["loss"][0]), (name, hist)
         if name.endswith("_car"):
             assert "car_intra" in hist, (name, sorted(hist))
+        if name.startswith("hfgd"):
+            assert "high_level" in hist, (name, sorted(hist))
         moved = sum(
             not np.allclose(b, keras.ops.convert_to_numpy(w))
             for b, w in zip(before, model.trainable_weights)

@@ -4,7 +4,7 @@ from iseg.layers.conv_bn_act import ConvBNAct, ImageLevel
 from iseg.layers.aspp import ASPP, SeparableConvBNAct
 from iseg.layers.ccnet import CrissCrossAttention
 from iseg.layers.danet import ChannelAttention, PositionAttention
-from iseg.layers.fpn import FPN
+from iseg.layers.fpn import FPN, SemanticFPN
 from iseg.layers.object_context import ObjectAttention, ObjectContext, SpatialGather
 from iseg.layers.ppm import PPM, adaptive_avg_pool2d
 from iseg.layers.self_attention import NonLocal2d, SelfAttention
@@ -13,3 +13,4 @@ from iseg.layers.jpu import JointPyramidUpsampling
 from iseg.layers.ksac import KernelSharingASPP
 from iseg.layers.car import CARBlock
 from iseg.layers.grad_scale import GradientScale, scale_gradient
+from iseg.layers.multihead_axial_attention import ContextModule, MultiHeadAxialAttention

@@ -17,7 +17,9 @@ class FPN(keras.layers.Layer):
 
     With `process_top=False` the coarsest input is used as its own lateral and output
     unchanged (it must already have `filters` channels): UPerNet, whose top level is the
-    PPM bottleneck output (mmseg UPerHead, CAR TF code).
+    PPM bottleneck output (mmseg UPerHead, CAR TF code). With `output_convs=False` the merged
+    laterals are returned without the 3x3 convs (the authors' iSeg `FeaturePyramidNetwork`,
+    which feeds a `SemanticFPN`).
     """
 
     def __init__(
@@ -27,11 +29,13 @@ class FPN(keras.layers.Layer):
         align_corners=False,
         bn_momentum=0.9,
         bn_epsilon=1e-5,
+        output_convs=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.filters = filters
         self.process_top = process_top
+        self.output_convs_enabled = output_convs
         self.align_corners = align_corners
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
@@ -54,10 +58,11 @@ class FPN(keras.layers.Layer):
         for i in range(num):
             lateral = ConvBNAct(self.filters, 1, name=f"lateral_{i}", **norm)
             lateral.build(shapes[i])
-            out = ConvBNAct(self.filters, 3, name=f"output_{i}", **norm)
-            out.build(tuple(shapes[i][:-1]) + (self.filters,))
             self.lateral_convs.append(lateral)
-            self.output_convs.append(out)
+            if self.output_convs_enabled:
+                out = ConvBNAct(self.filters, 3, name=f"output_{i}", **norm)
+                out.build(tuple(shapes[i][:-1]) + (self.filters,))
+                self.output_convs.append(out)
         self.built = True
 
     def call(self, features, training=None):
@@ -70,6 +75,8 @@ class FPN(keras.layers.Layer):
             laterals[i] = laterals[i] + resize(
                 laterals[i + 1], size, "bilinear", self.align_corners
             )
+        if not self.output_convs_enabled:
+            return laterals
         outs = [conv(lat, training=training) for conv, lat in zip(self.output_convs, laterals)]
         if not self.process_top:
             outs.append(laterals[-1])
@@ -83,6 +90,67 @@ class FPN(keras.layers.Layer):
         config.update(
             filters=self.filters,
             process_top=self.process_top,
+            align_corners=self.align_corners,
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
+            output_convs=self.output_convs_enabled,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="iseg")
+class SemanticFPN(keras.layers.Layer):
+    """Semantic FPN fusion (the authors' iSeg `SemanticPyramidNetworkBlock_V2`, METHODS.md
+    10.4 item 3), called on a list of maps ordered fine to coarse:
+
+        level i (0 = finest): max(1, i) x [ConvBNAct(filters, 3x3), then for i > 0 a
+        bilinear resize to the next finer level's size]; the levels are summed at the finest
+        size, then ConvBNAct(filters, 1x1).
+    """
+
+    def __init__(
+        self, filters=128, align_corners=False, bn_momentum=0.9, bn_epsilon=1e-5, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.align_corners = align_corners
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+
+    def build(self, input_shape):
+        norm = dict(
+            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype_policy
+        )
+        self.level_convs = []
+        for i, shape in enumerate(input_shape):
+            convs = []
+            for j in range(max(1, i)):
+                conv = ConvBNAct(self.filters, 3, name=f"level{i}_conv{j}", **norm)
+                conv.build(tuple(shape[:-1]) + ((shape[-1] if j == 0 else self.filters),))
+                convs.append(conv)
+            self.level_convs.append(convs)
+        self.fuse = ConvBNAct(self.filters, 1, name="fuse", **norm)
+        self.fuse.build(tuple(input_shape[0][:-1]) + (self.filters,))
+        self.built = True
+
+    def call(self, features, training=None):
+        sizes = [spatial_shape(f) for f in features]
+        total = None
+        for i, (convs, x) in enumerate(zip(self.level_convs, features)):
+            for j, conv in enumerate(convs):
+                x = conv(x, training=training)
+                if i > 0:
+                    x = resize(x, sizes[i - 1 - j], "bilinear", self.align_corners)
+            total = x if total is None else total + x
+        return self.fuse(total, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0][:-1]) + (self.filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
             align_corners=self.align_corners,
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,

@@ -4,7 +4,7 @@ The model owns its loss (`compute_loss`), so `model.compile(optimizer=...)` and 
 all a user needs. At inference `model(images)` returns float32 logits `[N, H, W, K]` at the
 input size; under `training=True` it returns a dict with the logits, the aux logits and the
 head's hook feature, which `compute_loss` turns into the separate loss terms (each tracked as
-a metric: `ce`, `aux`, `car_intra`, `car_inter_c2c`, `car_inter_c2p`, `l2`).
+a metric: `ce`, `high_level` (HFGD), `aux`, `car_intra`, `car_inter_c2c`, `car_inter_c2p`, `l2`).
 """
 
 import keras
@@ -136,6 +136,8 @@ class SegmentationModel(keras.Model):
 
         self._trackers = {}
         names = ["ce"]
+        if getattr(self.head, "high_level_weight", 0) > 0:  # HFGD's high-level branch
+            names.append("high_level")
         if self.aux_weight > 0:
             names.append("aux")
         if self.car is not None:
@@ -171,6 +173,8 @@ class SegmentationModel(keras.Model):
         result = {"logits": logits, "feature": out["feature"]}
         if out.get("extra_features"):
             result["extra_features"] = list(out["extra_features"])
+        if "high_level_logits" in out:
+            result["high_level_logits"] = self._upsample(out["high_level_logits"], size)
         if "aux_logits" in out:
             result["aux_logits"] = self._upsample(out["aux_logits"], size)
         elif self.aux_head is not None:
@@ -200,6 +204,10 @@ class SegmentationModel(keras.Model):
             outputs = {"logits": outputs}
         labels = ops.cast(labels, "int32")
         terms = {"ce": self._ce(labels, outputs["logits"])}
+        if "high_level" in self._trackers and "high_level_logits" in outputs:
+            terms["high_level"] = self.head.high_level_weight * self._ce(
+                labels, outputs["high_level_logits"]
+            )
         if self.aux_weight > 0 and "aux_logits" in outputs:
             terms["aux"] = self.aux_weight * self._ce(labels, outputs["aux_logits"])
         if training and self.car_loss is not None and "feature" in outputs:
