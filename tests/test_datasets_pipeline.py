@@ -446,3 +446,13 @@ def test_distribute_datasets_from_function(tmp_path):
                                   crop_size=(9, 9), seed=0, input_context=ctx))
     images, labels = next(iter(dist))
     assert images.shape == (4, 9, 9, 3) and labels.shape == (4, 9, 9)
+
+
+def test_input_normalization_is_the_models_or_the_default():
+    from iseg.datasets.pipeline import input_normalization
+
+    class Model:
+        normalization = "imagenet"
+
+    assert input_normalization(Model()) == "imagenet"
+    assert input_normalization(object()) == "minus_one_to_one"

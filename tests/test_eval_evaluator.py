@@ -75,3 +75,37 @@ def test_empty_split_is_an_error():
     ds, _ = _dataset()
     with pytest.raises(EmptyDatasetError, match="'val' yielded no images"):
         Evaluator(_model(), K).evaluate(ds.take(0))
+
+
+def test_make_evaluator_reads_the_config_and_the_models_normalization():
+    from iseg.datasets.pipeline import normalize
+    from iseg.evaluation import make_evaluator
+    from iseg.training.config import DatasetMeta, TrainConfig
+
+    model = _model()
+    model.normalization = "imagenet"
+    meta = DatasetMeta(num_classes=K, class_names=["x", "y", "z"], palette=[(1, 2, 3)] * K,
+                       ignore_label=7)
+    cfg = TrainConfig(crop_size=(9, 12), eval_mode="slide", eval_stride_ratio=0.5,
+                      eval_scales=(0.5, 1.0), eval_flip=True)
+    ev = make_evaluator(cfg, model, meta)
+    assert ev.options == dict(mode="slide", scales=(0.5, 1.0), flip=True, crop_size=(9, 12),
+                              stride=(5, 6), align_corners=True)
+    assert ev.ignore_label == 7 and ev.class_names == ["x", "y", "z"]
+    pixels = np.array([[[[0.0, 100.0, 255.0]]]], np.float32)
+    np.testing.assert_allclose(ev.denormalize_fn(normalize(pixels, "imagenet")), pixels,
+                               atol=1e-4)
+    cfg = TrainConfig(crop_size=(9, 12), eval_crop_size=(4, 4), eval_stride_ratio=0.5)
+    assert make_evaluator(cfg, model, meta).options["stride"] == (2, 2)
+
+
+def test_evaluation_does_not_import_the_training_engine():
+    import subprocess
+    import sys
+
+    code = ("import sys, iseg.evaluation; "
+            "assert not [m for m in sys.modules if m.startswith('iseg.training')], "
+            "sorted(m for m in sys.modules if m.startswith('iseg.'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

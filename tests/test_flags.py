@@ -121,11 +121,12 @@ def test_unknown_model_backbone_head_dataset_list_valid_names():
 
 
 CHECK_FLAGS_FROM_CONFIG = """
-import dataclasses, os
+import dataclasses, os, sys
 from iseg.cli import flags as flags_lib
 from iseg.training.config import TrainConfig
 
 flags_lib.define_train_flags()
+assert "tensorflow" not in sys.modules  # bad flags are reported without loading TF
 flags_lib.FLAGS(["prog"])
 cfg = flags_lib.config_from_flags(["prog"])
 assert cfg == TrainConfig(model_dir=os.path.join("runs", "default")), cfg
