@@ -64,8 +64,9 @@ def test_scores_match_numpy_oracle_and_files_are_written(tmp_path):
     assert scores["num_images"] == 5 and len(scores["samples"]) == 2
     png = Image.open(tmp_path / "pred" / "img_1.png")
     assert png.size == (11, 6) and png.mode == "P"
-    table = write_results(scores, str(tmp_path), name="val", save_confusion=True, step=3)
-    assert "mIoU" in table
+    path = write_results(scores, str(tmp_path), name="val", save_confusion=True, step=3)
+    assert path == str(tmp_path / "val_results.json")
+    assert "mIoU" in (tmp_path / "val_results.txt").read_text()
     record = json.loads((tmp_path / "val_results.json").read_text())
     assert record["step"] == 3 and record["per_class_iou"]["y"] == pytest.approx(iou[1])
     assert (tmp_path / "val_confusion.csv").read_text().startswith("gt\\pred,x,y,z")
@@ -109,3 +110,51 @@ def test_evaluation_does_not_import_the_training_engine():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_results_are_named_by_evaluation_and_never_replaced(tmp_path):
+    from iseg.evaluation.evaluator import results_name
+
+    assert results_name("val", dict(mode="whole", scales=[1.0], flip=False), 2000) == (
+        "val_whole_step2000")
+    assert results_name("test", dict(mode="slide", scales=[0.5, 1.0, 1.75], flip=True),
+                        40) == "test_slide_scales0.5-1-1.75_flip_step40"
+    assert results_name("val") == "val_whole"
+    ds, _ = _dataset()
+    single = Evaluator(_model(), K).evaluate(ds)
+    multi = Evaluator(_model(), K, scales=(0.5, 1.0), flip=True).evaluate(ds)
+    paths = [write_results(s, str(tmp_path), step=7) for s in (single, multi, single)]
+    assert [p.rsplit("/", 1)[1] for p in paths] == [
+        "val_whole_step7_results.json", "val_whole_scales0.5-1_flip_step7_results.json",
+        "val_whole_step7-2_results.json"]
+    first = (tmp_path / "val_whole_step7_results.json").read_bytes()
+    write_results(multi, str(tmp_path), step=7)
+    assert (tmp_path / "val_whole_step7_results.json").read_bytes() == first
+    assert (tmp_path / "val_whole_scales0.5-1_flip_step7-2_results.json").is_file()
+
+
+class _Terminal:
+    """A stderr stand-in that says it is a terminal and keeps what is written."""
+
+    def __init__(self, tty=True):
+        self.text, self.tty = "", tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return self.tty
+
+
+@pytest.mark.parametrize("tty,progress,shown", [(True, True, True), (True, False, False),
+                                                (False, True, False)])
+def test_progress_bar_on_a_terminal_only(monkeypatch, tty, progress, shown):
+    term = _Terminal(tty)
+    monkeypatch.setattr("sys.stderr", term)
+    ds, _ = _dataset()
+    Evaluator(_model(), K).evaluate(ds, progress=progress, total_images=5)
+    assert ("5/5" in term.text and "images/s" in term.text
+            and "evaluating val" in term.text) == shown, term.text

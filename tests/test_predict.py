@@ -135,3 +135,80 @@ def test_inputs_sharing_a_name_get_distinct_outputs(tmp_path, model):
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"{name}.png")),
                                       p.predict(image))
     assert checksums(inp) == before
+
+
+def _smooth_image(rng, h, w):
+    """Natural-looking content (gradients + mild noise): JPEG decoders differ on it."""
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (h + w)], -1)
+    return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def test_predict_cli_equals_serve_encoded_on_jpeg_and_png(tmp_path, model):
+    import tensorflow as tf
+    from absl import flags
+
+    from iseg.cli import predict
+
+    exported = export_saved_model(model, str(tmp_path / "export"), palette=META.palette)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rng = np.random.default_rng(5)
+    Image.fromarray(_smooth_image(rng, 48, 64)).save(inp / "a.jpg", quality=75)
+    Image.fromarray(_smooth_image(rng, 40, 36)).save(inp / "b.png")
+    try:
+        predict.run(["predict", f"--model={exported}", f"--input={inp}",
+                     f"--output={tmp_path / 'out'}", "--noprogress"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    serve = tf.saved_model.load(exported).signatures["serve_encoded"]
+    for name in ("a.jpg", "b.png"):
+        served = serve(encoded=tf.constant([(inp / name).read_bytes()]))["labels"][0].numpy()
+        stem = name.split(".")[0]
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"{stem}.png")),
+                                      served)
+
+
+def test_16_bit_pngs_are_read_like_their_8_bit_version(tmp_path):
+    import tensorflow as tf
+
+    from iseg.cli.predict import read_image
+
+    rng = np.random.default_rng(3)
+    rgb16 = rng.integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    gray16 = rng.integers(0, 65536, (5, 7, 1), dtype=np.uint16)
+    for name, img in (("rgb16.png", rgb16), ("gray16.png", gray16)):
+        (tmp_path / name).write_bytes(tf.io.encode_png(img).numpy())
+        expected = np.broadcast_to(np.round(img / 257.0), (5, 7, 3))
+        got = read_image(str(tmp_path / name))
+        assert got.dtype == np.uint8 and got.shape == (5, 7, 3)
+        assert np.abs(got - expected).max() <= 1  # PIL's convert("RGB") gives all 255
+
+
+def test_non_image_inputs_are_reported_and_skipped(tmp_path, model, capsys):
+    from absl import flags
+
+    from iseg.cli import predict
+
+    keras_file = save_keras(model, str(tmp_path / "m" / "model.keras"))
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rng = np.random.default_rng(4)
+    for name in ("a.png", "c.png"):
+        Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).save(inp / name)
+    (inp / "b.jpg").write_text("these are notes, not a JPEG")
+    (inp / "d.png").write_bytes((inp / "a.png").read_bytes()[:40])  # truncated
+    before = checksums(inp)
+    try:
+        written = predict.run(["predict", f"--model={keras_file}", f"--input={inp}",
+                               f"--output={tmp_path / 'out'}"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert written == ["a", "c"] and checksums(inp) == before
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "a_overlay.jpg", "c.png",
+                                                    "c_overlay.jpg"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"2 predictions written to {tmp_path / 'out'}"
+    assert out[1] == "skipped 2 file(s) that are not readable images:"
+    assert out[2].startswith(f"  {inp / 'b.jpg'}: not a readable image (")
+    assert out[3].startswith(f"  {inp / 'd.png'}: not a readable image (")

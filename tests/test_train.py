@@ -42,8 +42,11 @@ def test_tensorboard_scalars_images_and_results(tmp_path):
     np.testing.assert_allclose(scalars["loss/ce"][-1][1] + scalars["loss/aux"][-1][1],
                                r["losses"][-1], rtol=1e-5)
     assert images  # input / ground truth / prediction overlays
-    assert (tmp_path / "eval" / "eval_results.json").is_file()
-    assert "mIoU" in (tmp_path / "eval" / "eval_results.txt").read_text()
+    # one results file per evaluation, named by split, mode and step
+    assert sorted(os.listdir(tmp_path / "eval")) == [
+        "val_whole_step2_results.json", "val_whole_step2_results.txt",
+        "val_whole_step4_results.json", "val_whole_step4_results.txt"]
+    assert "mIoU" in (tmp_path / "eval" / "val_whole_step4_results.txt").read_text()
     assert sorted(os.listdir(tmp_path / "checkpoints"))[0] == "checkpoint"
 
 

@@ -56,11 +56,12 @@ def trained(tmp_path_factory):
 def test_train_cli_writes_everything_under_model_dir(trained):
     _, _, model_dir, stdout = trained
     assert "mIoU" in stdout and "Done: 4 steps" in stdout
-    for rel in ("checkpoints/checkpoint", "eval/eval_results.json", "eval/eval_results.txt",
+    for rel in ("checkpoints/checkpoint", "eval/val_whole_step4_results.json",
+                "eval/val_whole_step4_results.txt",
                 "overlays/overlay_000.png", "overlays/overlay_001.png", "run_config.json"):
         assert (model_dir / rel).exists(), rel
     assert os.listdir(model_dir / "logs" / "train")
-    results = json.loads((model_dir / "eval" / "eval_results.json").read_text())
+    results = json.loads((model_dir / "eval" / "val_whole_step4_results.json").read_text())
     assert results["num_images"] == 4 and results["step"] == 4
     assert 0.0 <= results["miou"] <= 1.0
 
@@ -83,12 +84,13 @@ def test_evaluate_cli_multiscale_flip_confusion_and_pngs(trained):
         "evaluate", f"--flagfile={cfg}", f"--model_dir={model_dir}", "--eval_scales=0.75,1.0",
         "--eval_flip", "--save_confusion", "--save_predictions=2", "--eval_mode=slide",
         "--eval_crop_size=24,24"])
-    res = json.loads((model_dir / "eval" / "val_results.json").read_text())
+    name = "val_slide_scales0.75-1_flip_step4"  # split, mode, scales, flip, checkpoint step
+    res = json.loads((model_dir / "eval" / f"{name}_results.json").read_text())
     assert res["miou"] == pytest.approx(scores["miou"])
     assert res["inference"]["scales"] == [0.75, 1.0] and res["inference"]["flip"]
     assert res["inference"]["mode"] == "slide"
-    assert "mIoU" in (model_dir / "eval" / "val_results.txt").read_text()
-    cm = np.load(model_dir / "eval" / "val_confusion.npy")
+    assert "mIoU" in (model_dir / "eval" / f"{name}_results.txt").read_text()
+    cm = np.load(model_dir / "eval" / f"{name}_confusion.npy")
     assert cm.sum() == res["num_pixels"] == 4 * 40 * 40  # shapes has no ignored pixels
     pngs = sorted(os.listdir(model_dir / "eval" / "predictions_val"))
     assert len(pngs) == 2

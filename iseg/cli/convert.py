@@ -1,7 +1,7 @@
-"""Convert a dataset in its own layout into sharded TFRecords.
+r"""Convert a dataset in its own layout into sharded TFRecords.
 
     python -m iseg.cli.convert --dataset=cityscapes --data_dir=/data/cityscapes \
-        --output_dir=/data/tfrecords/cityscapes [--splits=train,val] [--num_shards=N] \
+        --output_dir=$ISEG_DATA/cityscapes [--splits=train,val] [--num_shards=N] \
         [--compression=NONE|GZIP|ZLIB] [--num_workers=N]
 
     python -m iseg.cli.convert --dataset=generic --class_list=classes.txt \
@@ -11,16 +11,24 @@
 
 import sys
 
-from absl import app, flags, logging
+from absl import logging
 
-FLAGS = flags.FLAGS
+from iseg.cli import flags as flags_lib
+
+FLAGS = flags_lib.FLAGS
+PROGRAM = "iseg.cli.convert"
 
 
 def define_flags():
     """Register this tool's flags (done in `run`, so importing the module defines none)."""
+    flags_lib.define_run_flags()
+    flags_lib._group("Convert")
+
     def define(kind, name, default, help_text, *args):
-        if name not in FLAGS:  # another entry point may define the shared ones
-            getattr(flags, f"DEFINE_{kind}")(name, default, *args, help=help_text)
+        if kind == "enum":
+            flags_lib._define_once(kind, name, default, args[0], help_text)
+        else:
+            flags_lib._define_once(kind, name, default, help_text)
 
     define("string", "dataset", None, "Dataset name (see iseg.datasets.DATASETS).")
     define("string", "data_dir", None, "Folder with the dataset in its own layout.")
@@ -39,65 +47,67 @@ def define_flags():
     define("integer", "seed", 0, "shapes: random seed.")
 
 
-def main(argv):
-    try:
-        _main(argv)
-    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
-        sys.exit(f"iseg-convert: error: {e}")
-
-
-def _main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def check():
+    """Flag errors, before anything is imported or written."""
     from iseg import datasets  # pylint: disable=import-outside-toplevel
 
+    valid = ", ".join(datasets.DATASETS.names())
     if FLAGS.dataset is None:
-        raise app.UsageError(
-            f"--dataset is required; valid: {', '.join(datasets.DATASETS.names())}")
-    if FLAGS.output_dir is None:
-        raise app.UsageError("--output_dir is required")
+        raise flags_lib.CliError(f"--dataset is required; valid: {valid}")
     if FLAGS.dataset not in datasets.DATASETS:
-        raise app.UsageError(
-            f"unknown --dataset={FLAGS.dataset}; valid: {', '.join(datasets.DATASETS.names())}"
-        )
+        raise flags_lib.CliError(f"unknown --dataset={FLAGS.dataset}; valid: {valid}")
+    if FLAGS.output_dir is None:
+        raise flags_lib.CliError("--output_dir is required")
+    if FLAGS.data_dir is None and FLAGS.dataset != "shapes":
+        raise flags_lib.CliError("--data_dir is required")
+    if FLAGS.dataset == "generic" and not FLAGS.class_list:
+        raise flags_lib.CliError("--dataset=generic needs --class_list=FILE")
+
+
+def main(_):
+    try:
+        info = _convert()
+    except ValueError as e:  # bad input: one clear line, no traceback
+        raise flags_lib.CliError(str(e)) from None
+    for split, n in info["num_examples"].items():
+        logging.info("%s: %d examples", split, n)
+    print(f"wrote {info['num_examples']} to {FLAGS.output_dir}", file=sys.stderr)
+    return info
+
+
+def _convert():
+    from iseg import datasets  # pylint: disable=import-outside-toplevel
+
     if FLAGS.dataset == "shapes" and FLAGS.data_dir is None:
         from iseg.datasets import synthetic  # pylint: disable=import-outside-toplevel
 
-        info = synthetic.generate_shapes(
+        return synthetic.generate_shapes(
             FLAGS.output_dir, num_train=FLAGS.num_train, num_val=FLAGS.num_val,
             image_size=(FLAGS.image_size, FLAGS.image_size), seed=FLAGS.seed,
             num_shards=FLAGS.num_shards or 2, compression=FLAGS.compression,
         )
-    else:
-        if FLAGS.data_dir is None:
-            raise app.UsageError("--data_dir is required")
-        options = {}
-        if FLAGS.dataset == "generic":
-            if not FLAGS.class_list:
-                raise app.UsageError("--dataset=generic needs --class_list=FILE")
-            options["class_list"] = FLAGS.class_list
-        if FLAGS.dataset == "cityscapes":
-            options["label_files"] = FLAGS.cityscapes_labels
-        from iseg.datasets.convert import convert_dataset  # pylint: disable=import-outside-toplevel
+    options = {}
+    if FLAGS.dataset == "generic":
+        options["class_list"] = FLAGS.class_list
+    if FLAGS.dataset == "cityscapes":
+        options["label_files"] = FLAGS.cityscapes_labels
+    from iseg.datasets.convert import convert_dataset  # pylint: disable=import-outside-toplevel
 
-        spec = datasets.get_dataset_spec(FLAGS.dataset, **options)
-        if FLAGS.sbd_dir:
-            import dataclasses  # pylint: disable=import-outside-toplevel
+    spec = datasets.get_dataset_spec(FLAGS.dataset, **options)
+    if FLAGS.sbd_dir:
+        import dataclasses  # pylint: disable=import-outside-toplevel
 
-            spec = dataclasses.replace(spec, options=spec.options + (("sbd_dir", FLAGS.sbd_dir),))
-        info = convert_dataset(
-            spec, FLAGS.data_dir, FLAGS.output_dir, splits=FLAGS.splits,
-            num_shards=FLAGS.num_shards, compression=FLAGS.compression,
-            num_workers=FLAGS.num_workers,
-        )
-    for split, n in info["num_examples"].items():
-        logging.info("%s: %d examples", split, n)
-    print(f"wrote {info['num_examples']} to {FLAGS.output_dir}", file=sys.stderr)
+        spec = dataclasses.replace(spec, options=spec.options + (("sbd_dir", FLAGS.sbd_dir),))
+    return convert_dataset(
+        spec, FLAGS.data_dir, FLAGS.output_dir, splits=FLAGS.splits,
+        num_shards=FLAGS.num_shards, compression=FLAGS.compression,
+        num_workers=FLAGS.num_workers, progress=FLAGS.progress,
+    )
 
 
-def run():
-    define_flags()
-    app.run(main)
+def run(argv=None):
+    return flags_lib.run_cli(PROGRAM, define_flags, main, argv, doc=__doc__,
+                             help_groups=("General", "Convert"), check=check)
 
 
 if __name__ == "__main__":

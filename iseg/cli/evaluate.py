@@ -2,8 +2,10 @@
 
 Rebuilds the model from the same flag files as training, restores the checkpoint (default:
 the latest in --model_dir), runs whole-image or sliding-window inference with any scales
-and flip, prints a table and writes `<model_dir>/eval/<split>_results.{json,txt}`
-(optionally the confusion matrix and prediction PNGs).
+and flip, prints a table and writes `<model_dir>/eval/<name>_results.{json,txt}`
+(optionally the confusion matrix and prediction PNGs), where `<name>` says what was
+evaluated: `<split>_<whole|slide>[_scales0.5-...][_flip]_step<N>` (N: the checkpoint's
+step). Earlier results are never replaced (a repeated name gets `-2`, `-3`...).
 """
 
 import os
@@ -59,10 +61,28 @@ def load_model_for_inference(cfg, checkpoint=None):
     return model, meta
 
 
+def checkpoint_step(path):
+    """The step of a `.../ckpt-N` checkpoint prefix (None for other names)."""
+    tail = os.path.basename(path or "").rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def split_size(data_dir, split):
+    """Examples in `split` from dataset_info.json (None when not recorded)."""
+    from iseg.datasets import info
+
+    try:
+        return info.load_dataset_info(data_dir)["num_examples"][split]
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return None
+
+
 def main(argv):
     from iseg.datasets.pipeline import input_normalization
     from iseg.evaluation import make_evaluator, write_results
+    from iseg.metrics import format_results_table
     from iseg.training import config as config_lib
+    from iseg.training.checkpoints import resolve_checkpoint
     from iseg.training.strategy import split_cpu
 
     cfg = flags_lib.config_from_flags(argv)
@@ -73,18 +93,29 @@ def main(argv):
     evaluator = make_evaluator(cfg, model, meta)
     out_dir = os.path.join(cfg.model_dir, "eval")
     pred_dir = os.path.join(out_dir, f"predictions_{split}") if FLAGS.save_predictions else None
+    total = split_size(cfg.data_dir, split)
+    if total is not None and cfg.eval_steps is not None:
+        total = min(total, cfg.eval_steps * cfg.eval_batch_size)
     scores = evaluator.evaluate(dataset, max_batches=cfg.eval_steps, prediction_dir=pred_dir,
-                                max_predictions=FLAGS.save_predictions, split=split)
-    table = write_results(scores, out_dir, name=split, save_confusion=FLAGS.save_confusion)
-    print(table)
+                                max_predictions=FLAGS.save_predictions, split=split,
+                                progress=cfg.progress, total_images=total)
+    step = checkpoint_step(resolve_checkpoint(FLAGS.checkpoint or cfg.model_dir))
+    path = write_results(scores, out_dir, save_confusion=FLAGS.save_confusion, step=step)
+    print(format_results_table(scores, title=f"{split} ({scores['num_images']} images)"))
     print(f"{split}: mIoU {scores['miou']:.4f}, pixel accuracy "
           f"{scores['pixel_accuracy']:.4f} ({scores['num_images']} images); results in "
-          f"{out_dir}", flush=True)
+          f"{path}", flush=True)
     return scores
 
 
+def check():
+    flags_lib.check_data([FLAGS.split or FLAGS.eval_split])
+
+
 def run(argv=None):
-    return flags_lib.run_cli(PROGRAM, flags_lib.define_eval_flags, main, argv)
+    return flags_lib.run_cli(
+        PROGRAM, flags_lib.define_eval_flags, main, argv, doc=__doc__, check=check,
+        help_groups=("General", "Model", "Data and augmentation", "Evaluation", "Evaluate"))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ working directory), so configs work from any working directory.
 import ast
 import dataclasses
 import os
+import re
 import sys
 
 from absl import flags, logging
@@ -29,6 +30,7 @@ def _flagfile_arg(arg):
 
 
 def _read_flagfile(path, included_from, stack):
+    """[(flag, path of the file it is in)] of a flag file, nested files expanded."""
     shown = path if included_from is None else f"{path} (included from {included_from})"
     if not os.path.isfile(path):
         raise FlagFileError(f"flag file not found: {shown}")
@@ -48,17 +50,13 @@ def _read_flagfile(path, included_from, stack):
                     nested = os.path.join(os.path.dirname(path), nested)
                 out += _read_flagfile(os.path.normpath(nested), path, stack | {real})
             else:
-                out.append(line)
+                out.append((line, path))
     return out
 
 
-def expand_flagfiles(argv):
-    """argv with every `--flagfile=PATH` (nested ones too) replaced by the file's flags.
-
-    Later flags override earlier ones (absl semantics), so a flag given on the command line
-    after `--flagfile` wins over the file.
-    """
-    out = [argv[0]] if argv else []
+def expand_flagfiles_with_origins(argv):
+    """[(arg, flag file it came from or None)] for argv[1:], flag files expanded."""
+    out = []
     args = list(argv[1:])
     i = 0
     while i < len(args):
@@ -72,9 +70,18 @@ def expand_flagfiles(argv):
         if path is not None:
             out += _read_flagfile(os.path.expanduser(path), None, frozenset())
         else:
-            out.append(arg)
+            out.append((arg, None))
         i += 1
     return out
+
+
+def expand_flagfiles(argv):
+    """argv with every `--flagfile=PATH` (nested ones too) replaced by the file's flags.
+
+    Later flags override earlier ones (absl semantics), so a flag given on the command line
+    after `--flagfile` wins over the file.
+    """
+    return argv[:1] + [arg for arg, _ in expand_flagfiles_with_origins(argv)]
 
 
 def config_name(argv):
@@ -88,13 +95,35 @@ def config_name(argv):
     return None
 
 
+def _origin(args, error):
+    """The flag file that holds the flag an absl error is about, or None."""
+    name = getattr(error, "flagname", None)
+    if name is None:
+        match = re.search(r"flag --(\w+)", str(error))
+        name = match and match.group(1)
+    for arg, origin in reversed(args):
+        flag = arg.lstrip("-").split("=", 1)[0]
+        if name and flag in (name, f"no{name}"):
+            return origin
+    return None
+
+
 def parse_flags(argv, program):
-    """Expand flag files and parse argv into FLAGS; any problem exits with one line."""
+    """Expand flag files and parse argv into FLAGS; any problem exits with one line
+    (naming the flag file when the bad flag comes from one)."""
     try:
-        expanded = expand_flagfiles(argv)
-        FLAGS(expanded)
-    except (FlagFileError, flags.Error) as e:
+        args = expand_flagfiles_with_origins(argv)
+        expanded = argv[:1] + [arg for arg, _ in args]
+        extra = FLAGS(expanded)[1:]
+        if extra:
+            raise FlagFileError(f"unexpected arguments: {' '.join(extra)}")
+    except FlagFileError as e:
         sys.stderr.write(f"{program}: error: {e}\n")
+        sys.exit(2)
+    except flags.Error as e:
+        origin = _origin(args, e)
+        where = f" (in flag file {origin})" if origin else ""
+        sys.stderr.write(f"{program}: error: {e}{where}\n")
         sys.exit(2)
     return expanded
 
@@ -132,7 +161,17 @@ def _split_top_level(text):
     return parts
 
 
+FLAG_GROUPS = {}  # flag name -> the `--help` group it is listed in (definition order)
+_GROUP = ["General"]
+
+
+def _group(title):
+    """Flags defined after this call are listed under `title` by `--help`."""
+    _GROUP[0] = title
+
+
 def _define_once(kind, name, default, *args, **kwargs):
+    FLAG_GROUPS.setdefault(name, _GROUP[0])
     if name in FLAGS:
         return
     if kind == "enum":  # DEFINE_enum(name, default, enum_values, help)
@@ -143,6 +182,10 @@ def _define_once(kind, name, default, *args, **kwargs):
 
 _FLAG_KINDS = {bool: "bool", int: "integer", float: "float", str: "string", tuple: "list",
                dict: "string"}
+# `--help` groups of the TrainConfig fields: a group starts at its first field
+_FIELD_GROUPS = {"model": "Model", "dataset": "Data and augmentation",
+                 "batch_size": "Optimisation", "sync_bn": "Distribution",
+                 "checkpoint_every": "Checkpoints and outputs", "eval_split": "Evaluation"}
 
 
 def _flag_default(value):
@@ -153,23 +196,47 @@ def _flag_default(value):
     return value
 
 
-def define_train_flags():
-    """One flag per `TrainConfig` field (type, default and help from the field), plus
-    --num_cpu_devices."""
+def _define_field(field):
+    """The flag of one `TrainConfig` field (type, default and help from the field)."""
+    default = field.default_factory() if callable(field.default_factory) else field.default
+    choices = field.metadata["choices"]
+    args = (choices, field.metadata["help"]) if choices else (field.metadata["help"],)
+    _define_once("enum" if choices else _FLAG_KINDS[field.type], field.name,
+                 _flag_default(default), *args)
+
+
+def define_run_flags():
+    """Flags of every tool: progress bars and CPU devices."""
     from iseg.training.config import TrainConfig
 
-    for field in dataclasses.fields(TrainConfig):
-        default = field.default_factory() if callable(field.default_factory) else field.default
-        choices = field.metadata["choices"]
-        args = (choices, field.metadata["help"]) if choices else (field.metadata["help"],)
-        _define_once("enum" if choices else _FLAG_KINDS[field.type], field.name,
-                     _flag_default(default), *args)
+    _group("General")
+    _define_field(next(f for f in dataclasses.fields(TrainConfig) if f.name == "progress"))
     _define_once("integer", "num_cpu_devices", 0, "Split the CPU into this many logical "
                  "devices (to try distribution strategies without GPUs); 0 leaves it alone.")
 
 
+def define_train_flags():
+    """One flag per `TrainConfig` field (type, default and help from the field), grouped
+    for `--help`, plus --data_root and --num_cpu_devices."""
+    from iseg.training.config import TrainConfig
+
+    define_run_flags()
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in _FIELD_GROUPS:
+            _group(_FIELD_GROUPS[field.name])
+        _define_field(field)
+        if field.name == "data_dir":
+            _define_once("string", "data_root", None, "Folder a relative --data_dir "
+                         "resolves against (default: $ISEG_DATA, else ./data); the dataset "
+                         "flag files name only the dataset's folder in it.")
+
+
+TRAIN_GROUPS = ("General", *_FIELD_GROUPS.values())
+
+
 def define_export_flags():
     define_train_flags()  # the same flag files as training are accepted
+    _group("Export")
     _define_once("string", "checkpoint", None, "Checkpoint to load (default: the latest "
                  "in --model_dir).")
     _define_once("string", "output", None, "Export folder (default <model_dir>/export).")
@@ -179,6 +246,7 @@ def define_export_flags():
 
 def define_eval_flags():
     define_train_flags()  # the same flag files as training are accepted
+    _group("Evaluate")
     _define_once("string", "checkpoint", None, "Checkpoint to evaluate (default: the "
                  "latest in --model_dir).")
     _define_once("string", "split", None, "Split to evaluate (default --eval_split).")
@@ -203,6 +271,8 @@ def _ints(values, name):
 
 def config_from_flags(argv):
     """A `TrainConfig` from the parsed FLAGS (fields that have no flag keep defaults)."""
+    import dataclasses
+
     from iseg.training.config import TrainConfig
 
     values = {}
@@ -217,9 +287,61 @@ def config_from_flags(argv):
     for name in ("backbone_options", "head_options", "car_options"):
         if name in values:
             values[name] = parse_options(values[name], name)
+    values["data_dir"] = resolved_data_dir()
     if not (FLAGS["model_dir"].present and values.get("model_dir")):
         values["model_dir"] = os.path.join("runs", config_name(argv) or "default")
     return TrainConfig(**values)
+
+
+def data_root():
+    """The folder relative --data_dir paths resolve against."""
+    return os.path.expanduser(FLAGS.data_root or os.environ.get("ISEG_DATA") or "data")
+
+
+def resolved_data_dir():
+    """--data_dir, resolved against the data root when relative."""
+    path = FLAGS.data_dir
+    if not path or "://" in path:
+        return path
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.join(data_root(), path)
+
+
+def check_data(splits):
+    """Fail fast, before TensorFlow is imported and before anything is written, when the
+    dataset or one of `splits` is missing."""
+    from iseg.datasets import DATASETS, info
+
+    if FLAGS.dataset and FLAGS.dataset not in DATASETS:
+        raise CliError(f"unknown --dataset={FLAGS.dataset}; valid: "
+                       f"{', '.join(DATASETS.names())}")
+    path = resolved_data_dir()
+    if not path:
+        raise CliError("no --data_dir: give --data_dir=FOLDER (a converted dataset) or a "
+                       "dataset flag file")
+    if "://" in path or (FLAGS.dataset == "shapes" and not os.path.exists(path)):
+        return  # remote folders are checked when read; train.py generates shapes
+    if not os.path.isdir(path):
+        hint = "" if os.path.isabs(FLAGS.data_dir) else (
+            f" (--data_dir={FLAGS.data_dir} resolved against the data root {data_root()}: "
+            "set ISEG_DATA or --data_root)")
+        raise CliError(f"--data_dir={path} does not exist{hint}")
+    if not FLAGS.dataset and not os.path.isfile(os.path.join(path, info.INFO_FILE)):
+        raise CliError(f"no {info.INFO_FILE} in --data_dir={path}: convert the dataset "
+                       "first (python -m iseg.cli.convert), or give --dataset=NAME for "
+                       "records written by other tools")
+    for split in splits:
+        try:
+            info.list_shards(path, split)
+        except (FileNotFoundError, ValueError) as e:
+            raise CliError(str(e)) from None
+
+
+class CliError(ValueError):
+    """Bad flags found before the work starts."""
+
+
+LIGHT_ERRORS = (CliError, FlagFileError, FileNotFoundError)
 
 
 def user_errors():
@@ -232,20 +354,40 @@ def user_errors():
         TrainingDivergedError,
     )
     return (ConfigError, CheckpointMismatchError, EmptyDatasetError, TrainingDivergedError,
-            ModelDirInUseError, FileNotFoundError, FlagFileError)
+            ModelDirInUseError, *LIGHT_ERRORS)
 
 
-def run_cli(program, define_flags, main, argv=None, verbosity=logging.INFO):
-    """The body of every entry point: define the flags, parse argv (flag files expanded),
-    then `main(argv)` with the original argv, reporting user errors as one line
-    `program: error: message` (exit 1)."""
+def run_cli(program, define_flags, main, argv=None, verbosity=logging.INFO, *, doc=None,
+            help_groups=None, check=None):
+    """The body of every entry point: define the flags; answer `--help` (the flags of
+    `help_groups`, with `doc` as the usage text); parse argv (flag files expanded); run
+    `check()` (cheap input checks, before TensorFlow is imported); then `main(argv)` with
+    the original argv. User errors are reported as one line `program: error: message`
+    (exit 1). Returns main's result when called with `argv` (in-process use), else None
+    (the console scripts `sys.exit` with it)."""
+    from iseg.cli import usage
+
+    in_process = argv is not None
     argv = list(sys.argv if argv is None else argv)
     define_flags()
+    wanted = usage.help_request(argv)
+    if wanted:
+        sys.stdout.write(usage.format_help(program, doc, FLAGS, FLAG_GROUPS,
+                                           None if wanted == "full" else help_groups))
+        sys.exit(0)
     parse_flags(argv, program)
+    explicit = FLAGS["verbosity"].present
     logging.use_absl_handler()
-    logging.set_verbosity(verbosity)
+    if not explicit:
+        logging.set_verbosity(verbosity)
     try:
-        return main(argv)
-    except user_errors() as e:
+        if check is not None:
+            check()
+        usage.quiet_tensorflow(FLAGS.verbosity if explicit else None)
+        result = main(argv)
+    except Exception as e:  # pylint: disable=broad-except
+        if not isinstance(e, LIGHT_ERRORS) and not isinstance(e, user_errors()):
+            raise
         sys.stderr.write(f"{program}: error: {e}\n")
         sys.exit(1)
+    return result if in_process else None

@@ -6,7 +6,9 @@ bmp) it writes `<name>.png` (palette PNG, pixel value = class id) and `<name>_ov
 (colours blended on the image) to `--output`. `<name>` is the file name without its
 extension, or with it (`a_jpg`) where two inputs share a name (`a.png`, `a.jpg`).
 `--output` may not be `--input` or a folder inside it, and no input file is ever
-overwritten.
+overwritten. Images are decoded as training and the SavedModel's `serve_encoded` decode
+them (TensorFlow's decoders; 16-bit PNGs are scaled to 8 bits); files that are not
+readable images are reported and skipped.
 """
 
 import glob
@@ -24,6 +26,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def define_predict_flags():
+    flags_lib.define_run_flags()
+    flags_lib._group("Predict")
     d = flags_lib._define_once
     d("string", "model", None, "model_dir, checkpoint, SavedModel folder or .keras file.")
     d("string", "input", None, "Folder of images (or one image file).")
@@ -148,12 +152,32 @@ def check_output_folder(input_path, output_dir, files, names):
                                   "an input image; choose another --output folder")
 
 
-def predict_folder(predictor, input_path, output_dir, alpha=0.5, progress=True):
-    """Predict every image; returns the output names actually written."""
+def read_image(path):
+    """uint8 RGB `[H, W, 3]` of an image file, decoded as the training input and the
+    SavedModel's `serve_encoded` decode it. ValueError naming the file if it is not a
+    readable image."""
+    import tensorflow as tf
+
+    from iseg.datasets.tfrecord import decode_rgb
+
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return decode_rgb(tf.constant(data)).numpy()
+    except tf.errors.InvalidArgumentError as e:
+        reason = e.message.strip().splitlines()[0] if e.message else "cannot decode"
+        raise ValueError(f"{path}: not a readable image ({reason})") from None
+
+
+def predict_folder(predictor, input_path, output_dir, alpha=0.5, progress=True,
+                   skipped=None):
+    """Predict every image of `input_path`; returns the output names actually written.
+    Files that are not readable images are logged and skipped; `skipped` (a list), if
+    given, receives their `(path, reason)`."""
     from PIL import Image
-    from tqdm import tqdm
 
     from iseg.evaluation.visualize import overlay, save_label_png
+    from iseg.progress import progress_bar
 
     files = list_images(input_path)
     names = output_names(files)
@@ -161,8 +185,15 @@ def predict_folder(predictor, input_path, output_dir, alpha=0.5, progress=True):
     os.makedirs(output_dir, exist_ok=True)
     palette = predictor.palette
     written = []
-    for f, name in tqdm(list(zip(files, names)), unit="image", disable=not progress):
-        image = np.asarray(Image.open(f).convert("RGB"))
+    for f, name in progress_bar(list(zip(files, names)), desc="predicting",
+                                enabled=progress):
+        try:
+            image = read_image(f)
+        except ValueError as e:
+            logging.warning("skipped %s", e)
+            if skipped is not None:
+                skipped.append((f, str(e)))
+            continue
         labels = predictor.predict(image)
         label_path, overlay_path = output_paths(output_dir, name)
         save_label_png(label_path, labels, palette)
@@ -200,16 +231,22 @@ def write_overlays_from_dataset(cfg, model, meta, output_dir, count):
 def main(_):
     for name in ("model", "input", "output"):
         if not FLAGS[name].value:
-            raise flags_lib.FlagFileError(f"--{name} is required")
+            raise flags_lib.CliError(f"--{name} is required")
     predictor = Predictor(FLAGS.model, scales=[float(s) for s in FLAGS.scales],
                           flip=FLAGS.flip)
-    written = predict_folder(predictor, FLAGS.input, FLAGS.output, FLAGS.alpha)
+    skipped = []
+    written = predict_folder(predictor, FLAGS.input, FLAGS.output, FLAGS.alpha,
+                             progress=FLAGS.progress, skipped=skipped)
     print(f"{len(written)} predictions written to {FLAGS.output}", flush=True)
+    if skipped:
+        print(f"skipped {len(skipped)} file(s) that are not readable images:\n" + "\n".join(
+            f"  {reason}" for _, reason in skipped), flush=True)
     return written
 
 
 def run(argv=None):
-    return flags_lib.run_cli(PROGRAM, define_predict_flags, main, argv, logging.WARNING)
+    return flags_lib.run_cli(PROGRAM, define_predict_flags, main, argv, logging.WARNING,
+                             doc=__doc__, help_groups=("General", "Predict"))
 
 
 if __name__ == "__main__":

@@ -60,8 +60,14 @@ def main(argv):
     return result
 
 
+def check():
+    """Fail before TensorFlow is imported and before anything is written."""
+    flags_lib.check_data(["train"] + ([FLAGS.eval_split] if FLAGS.evaluate_at_end else []))
+
+
 def run(argv=None):
-    return flags_lib.run_cli(PROGRAM, flags_lib.define_train_flags, main, argv)
+    return flags_lib.run_cli(PROGRAM, flags_lib.define_train_flags, main, argv, doc=__doc__,
+                             help_groups=flags_lib.TRAIN_GROUPS, check=check)
 
 
 if __name__ == "__main__":

@@ -111,11 +111,13 @@ def _iter_encoded(pairs, encode, num_workers):
 
 def _write_split(spec, split, pairs, staging, num_shards, compression, num_workers, progress):
     from iseg.datasets import tfrecord  # pylint: disable=import-outside-toplevel
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    from iseg.progress import progress_bar  # pylint: disable=import-outside-toplevel
 
     n = len(pairs)
     if isinstance(num_shards, dict):
         num_shards = num_shards.get(split)
+    if n == 0:
+        raise ValueError(f"split {split!r} of {spec.name} has no examples")
     num_shards = num_shards or default_num_shards(n)
     if num_shards > n:
         raise ValueError(f"split {split!r} has {n} examples, fewer than --num_shards={num_shards}")
@@ -132,7 +134,7 @@ def _write_split(spec, split, pairs, staging, num_shards, compression, num_worke
     files = []
     writer = None
     shard = -1
-    bar = tqdm(total=n, desc=f"{spec.name}/{split}", unit="img", disable=not progress)
+    bar = progress_bar(total=n, desc=f"{spec.name}/{split}", enabled=progress)
     try:
         for i, ex in enumerate(_iter_encoded(pairs, encode, num_workers)):
             while i >= bounds[shard + 1]:

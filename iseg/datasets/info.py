@@ -55,7 +55,7 @@ def load_dataset_info(data_dir):
     if not isfile(path):
         raise FileNotFoundError(
             f"{path} not found: {data_dir} is not a converted dataset folder "
-            "(run `python -m iseg.cli.convert` first, or pass dataset=NAME to read records "
+            "(run `python -m iseg.cli.convert` first, or give --dataset=NAME to read records "
             "written by other tools)"
         )
     try:

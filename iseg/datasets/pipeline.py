@@ -257,7 +257,7 @@ def _records(files, compression, *, training, seed, deterministic, input_context
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ctype = tfrecord.compression_type(compression)
     cycle = cycle_length or (min(len(files), 8) if training else 1)
-    read = lambda f: tf.data.TFRecordDataset(f, compression_type=ctype)  # noqa: E731
+    read = lambda f: tfrecord.read_records(f, ctype)  # noqa: E731
     if cycle > 1:
         ds = ds.interleave(
             read, cycle_length=cycle, num_parallel_calls=cycle,

@@ -52,6 +52,16 @@ def compression_type(compression):
     return "" if c == "NONE" else c
 
 
+READ_BUFFER_BYTES = 4 << 20
+
+
+def read_records(path, compression="NONE"):
+    """A `TFRecordDataset` of one file with an explicit read buffer (4 MiB)."""
+    ctype = compression if compression == "" else compression_type(compression)
+    return tf.data.TFRecordDataset(path, compression_type=ctype,
+                                   buffer_size=READ_BUFFER_BYTES)
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -110,7 +120,7 @@ def detect_record_format(path, compression="NONE"):
     """"example", "iseg_float" or "iseg_jpeg", from the first record of `path`."""
     from tensorflow.core.framework import tensor_pb2  # pylint: disable=import-outside-toplevel
 
-    ds = tf.data.TFRecordDataset(path, compression_type=compression_type(compression))
+    ds = read_records(path, compression)
     try:
         first = next(iter(ds.take(1)), None)
     except tf.errors.OpError as e:
@@ -136,13 +146,20 @@ def detect_record_format(path, compression="NONE"):
 def _legacy_label_dtype(path, compression):
     from tensorflow.core.framework import tensor_pb2  # pylint: disable=import-outside-toplevel
 
-    ds = tf.data.TFRecordDataset(path, compression_type=compression_type(compression))
+    ds = read_records(path, compression)
     first = next(iter(ds.take(1)))
     example = tf.train.Example.FromString(first.numpy())
     data = example.features.feature["label"].bytes_list.value
     if not data:
         return tf.int32
     return tf.dtypes.as_dtype(tensor_pb2.TensorProto.FromString(data[0]).dtype)
+
+
+def decode_rgb(encoded):
+    """uint8 RGB `[H, W, 3]` from JPEG / PNG (8 or 16 bit) / BMP / GIF bytes: the one image
+    decoder of training, evaluation, prediction and the exported SavedModel."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return tf.ensure_shape(image, [None, None, 3])
 
 
 def make_decoder(record_format, label_dtype=tf.int32, lazy_image=False):
@@ -166,8 +183,7 @@ def make_decoder(record_format, label_dtype=tf.int32, lazy_image=False):
                 out["encoded"] = f["image/encoded"]
                 shape = tf.shape(label)
             else:
-                out["image"] = tf.io.decode_image(
-                    f["image/encoded"], channels=3, expand_animations=False)
+                out["image"] = decode_rgb(f["image/encoded"])
                 shape = tf.shape(out["image"])
             out["height"], out["width"] = shape[0], shape[1]
             return out
@@ -279,7 +295,7 @@ def check_shards(files, compression="NONE", full=False):
             continue
         n = 0
         try:
-            for _ in tf.data.TFRecordDataset(path, compression_type=ctype):
+            for _ in read_records(path, ctype):
                 n += 1
         except tf.errors.OpError as e:
             raise ValueError(

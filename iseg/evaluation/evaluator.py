@@ -14,6 +14,7 @@ from iseg.evaluation.visualize import overlay, save_label_png
 from iseg.metrics import ConfusionMatrix, format_results_table
 from iseg.datasets.pipeline import denormalize, input_normalization
 from iseg.errors import EmptyDatasetError
+from iseg.progress import progress_bar
 
 
 def _to_str(v):
@@ -53,13 +54,17 @@ class Evaluator:
         return self._predict(tf.convert_to_tensor(images, tf.float32))
 
     def evaluate(self, dataset, *, max_batches=None, prediction_dir=None,
-                 max_predictions=0, num_samples=0, split="val"):
+                 max_predictions=0, num_samples=0, split="val", progress=False,
+                 total_images=None):
         """Scores dict (see `scores_from_confusion`) plus `confusion_matrix`,
         `num_images`, `seconds`, `samples` (up to `num_samples` uint8 triples
-        (image, ground-truth overlay, prediction overlay) for image summaries)."""
+        (image, ground-truth overlay, prediction overlay) for image summaries).
+
+        `progress`: a progress bar (images/s; ETA when `total_images` is given)."""
         cm = ConfusionMatrix(self.num_classes, self.ignore_label)
         samples, num_images, saved = [], 0, 0
         start = time.time()
+        bar = progress_bar(total=total_images, desc=f"evaluating {split}", enabled=progress)
         for batch_index, (features, labels) in enumerate(dataset):
             if max_batches is not None and batch_index >= max_batches:
                 break
@@ -70,6 +75,7 @@ class Evaluator:
             cm.update(labels, preds)
             n = int(preds.shape[0])
             num_images += n
+            bar.update(n)
             want_png = prediction_dir and (max_predictions < 0 or saved < max_predictions)
             if want_png or len(samples) < num_samples:
                 preds_np, labels_np = preds.numpy(), np.asarray(labels)
@@ -94,6 +100,7 @@ class Evaluator:
                                     ignore_label=self.ignore_label),
                             overlay(image, preds_np[i, :h, :w], self._palette()),
                         ))
+        bar.close()
         if num_images == 0:
             raise EmptyDatasetError(f"evaluation split {split!r} yielded no images")
         scores = cm.scores(self.class_names)
@@ -124,15 +131,45 @@ def make_evaluator(cfg, model, meta):
                      denormalize_fn=lambda x: denormalize(x, normalization))
 
 
-def write_results(scores, out_dir, *, name="eval", save_confusion=False, step=None):
-    """Write `<name>_results.json` and `<name>_results.txt` (and the confusion matrix)."""
+def results_name(split, inference=None, step=None):
+    """`<split>_<mode>[_scales...][_flip][_step<N>]`: the evaluation a results file holds
+    (split, whole-image or sliding-window inference, scales, flip, checkpoint step)."""
+    inference = inference or {}
+    parts = [split, inference.get("mode", "whole")]
+    scales = [float(s) for s in inference.get("scales", (1.0,))]
+    if scales != [1.0]:
+        parts.append("scales" + "-".join(f"{s:g}" for s in scales))
+    if inference.get("flip"):
+        parts.append("flip")
+    if step is not None:
+        parts.append(f"step{int(step)}")
+    return "_".join(parts)
+
+
+def _free_name(out_dir, name):
+    """`name`, or `name-2`, `name-3`... when results of that name exist (never replaced)."""
+    candidate, k = name, 1
+    while os.path.exists(os.path.join(out_dir, f"{candidate}_results.json")):
+        k += 1
+        candidate = f"{name}-{k}"
+    return candidate
+
+
+def write_results(scores, out_dir, *, name=None, save_confusion=False, step=None):
+    """Write `<name>_results.json` and `<name>_results.txt` (and the confusion matrix);
+    `name` defaults to `results_name` of the scores' split, inference and `step`. Existing
+    results are never replaced: a taken name gets a `-2`, `-3`... suffix. Returns the path
+    of the JSON file."""
     os.makedirs(out_dir, exist_ok=True)
+    name = _free_name(out_dir, name or results_name(
+        scores.get("split", "eval"), scores.get("inference"), step))
     record = {k: v for k, v in scores.items() if k not in ("confusion_matrix", "samples")}
     if step is not None:
         record["step"] = int(step)
     table = format_results_table(scores, title=f"{scores.get('split', name)} "
                                  f"({scores.get('num_images', '?')} images)")
-    _atomic_write(os.path.join(out_dir, f"{name}_results.json"), json.dumps(record, indent=1))
+    path = os.path.join(out_dir, f"{name}_results.json")
+    _atomic_write(path, json.dumps(record, indent=1))
     _atomic_write(os.path.join(out_dir, f"{name}_results.txt"), table + "\n")
     if save_confusion:
         cm = scores["confusion_matrix"]
@@ -141,7 +178,8 @@ def write_results(scores, out_dir, *, name="eval", save_confusion=False, step=No
         lines = ["gt\\pred," + ",".join(names)] + [
             names[i] + "," + ",".join(str(int(x)) for x in row) for i, row in enumerate(cm)]
         _atomic_write(os.path.join(out_dir, f"{name}_confusion.csv"), "\n".join(lines) + "\n")
-    return table
+    logging.info("results written to %s", path)
+    return path
 
 
 def _atomic_write(path, text):

@@ -23,6 +23,7 @@ import tensorflow as tf
 from absl import logging
 
 from iseg.datasets.pipeline import input_normalization, normalize
+from iseg.datasets.tfrecord import decode_rgb
 from iseg.evaluation.inference import predict_logits
 
 
@@ -50,15 +51,11 @@ class SegmentationExportModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="encoded")])
     def serve_encoded(self, encoded):
-        def decode(b):
-            img = tf.io.decode_image(b, channels=3, expand_animations=False)
-            return tf.ensure_shape(img, [None, None, 3])
-
         check = tf.debugging.Assert(tf.size(encoded) > 0, [
             "encoded must hold at least one image; got an empty batch"])
         with tf.control_dependencies([check]):
             encoded = tf.identity(encoded)
-        images = tf.map_fn(decode, encoded,
+        images = tf.map_fn(decode_rgb, encoded,
                            fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
         return self._run(images)
 

@@ -47,7 +47,8 @@ class TrainConfig:
     dataset: str = option(None, "Dataset name (see iseg.datasets); default: from "
                           "dataset_info.json in --data_dir.")
     data_dir: str = option(None, "Folder of a converted dataset (TFRecords + "
-                           "dataset_info.json).")
+                           "dataset_info.json); a relative path is resolved against "
+                           "--data_root.")
     model_dir: str = option("runs/default", "Where checkpoints, logs, results and exports "
                             "go (command line: default runs/<config name>).")
     crop_size: tuple = option((513, 513), "Training crop (and sliding window) height,width.")
@@ -104,7 +105,8 @@ class TrainConfig:
     export_at_end: bool = option(False, "Write a SavedModel and a .keras file after "
                                  "training.")
     overlays_at_end: int = option(0, "Write this many prediction overlays after training.")
-    progress: bool = option(True, "Show a progress bar.")
+    progress: bool = option(True, "Show progress bars (images/s, ETA) on a terminal; "
+                            "--noprogress turns them off.")
     # evaluation
     eval_split: str = option("val", "Split used for evaluation.")
     eval_mode: str = option("whole", "Whole-image or sliding-window inference.",
