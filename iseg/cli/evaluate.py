@@ -67,17 +67,8 @@ def checkpoint_step(path):
     return int(tail) if tail.isdigit() else None
 
 
-def split_size(data_dir, split):
-    """Examples in `split` from dataset_info.json (None when not recorded)."""
-    from iseg.datasets import info
-
-    try:
-        return info.load_dataset_info(data_dir)["num_examples"][split]
-    except (FileNotFoundError, KeyError, TypeError, ValueError):
-        return None
-
-
 def main(argv):
+    from iseg.datasets import info
     from iseg.datasets.pipeline import input_normalization
     from iseg.evaluation import make_evaluator, write_results
     from iseg.metrics import format_results_table
@@ -93,7 +84,7 @@ def main(argv):
     evaluator = make_evaluator(cfg, model, meta)
     out_dir = os.path.join(cfg.model_dir, "eval")
     pred_dir = os.path.join(out_dir, f"predictions_{split}") if FLAGS.save_predictions else None
-    total = split_size(cfg.data_dir, split)
+    total = info.num_examples(cfg.data_dir, split)
     if total is not None and cfg.eval_steps is not None:
         total = min(total, cfg.eval_steps * cfg.eval_batch_size)
     scores = evaluator.evaluate(dataset, max_batches=cfg.eval_steps, prediction_dir=pred_dir,

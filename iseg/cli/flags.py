@@ -110,7 +110,9 @@ def _origin(args, error):
 
 def parse_flags(argv, program):
     """Expand flag files and parse argv into FLAGS; any problem exits with one line
-    (naming the flag file when the bad flag comes from one)."""
+    (naming the flag file when the bad flag comes from one). Values of an earlier parse
+    in this process are dropped first, so every run starts from the defaults."""
+    FLAGS.unparse_flags()
     try:
         args = expand_flagfiles_with_origins(argv)
         expanded = argv[:1] + [arg for arg, _ in args]

@@ -65,6 +65,14 @@ def load_dataset_info(data_dir):
         raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
+def num_examples(data_dir, split):
+    """Examples in `split` as recorded in dataset_info.json (None when not recorded)."""
+    try:
+        return int(load_dataset_info(data_dir)["num_examples"][split])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return None
+
+
 def write_json_atomic(path, obj):
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -19,11 +19,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from iseg.datasets import info as info_lib
 from iseg.datasets.pipeline import input_normalization, resample_views
 from iseg.training import checkpoints as ckpt_lib
 from iseg.training import config as config_lib
 from iseg.training import summaries
 from iseg.errors import ConfigError, EmptyDatasetError, TrainingDivergedError
+from iseg.progress import progress_bar
 from iseg.training.lock import ModelDirLock, lock_name
 from iseg.training.optimizers import build_optimizer, current_learning_rate, prepare_optimizer
 from iseg.training.schedules import WarmupDecay
@@ -262,9 +264,9 @@ def _run_loop(run, train_step, iterator, checkpointer, evaluate_fn):
               if run.is_chief else _NoopWriter())
     losses, last_scores = [], None
     bar = None
-    if cfg.progress and run.is_chief and step < cfg.steps:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True)
+    if run.is_chief and step < cfg.steps:
+        bar = progress_bar(total=cfg.steps, initial=step, unit=" steps", desc="training",
+                           enabled=cfg.progress)
     images_per_step = cfg.batch_size * run.accum
     t_last = time.time()
     try:
@@ -340,8 +342,12 @@ def _make_periodic_eval(cfg, model, meta, normalization, eval_dataset_fn, is_chi
         if "evaluator" not in cache:  # traced once, reused by every evaluation
             cache["evaluator"] = make_evaluator(cfg, model, meta)
         evaluator = cache["evaluator"]
+        total = info_lib.num_examples(cfg.data_dir, cfg.eval_split)
+        if total is not None and cfg.eval_steps is not None:
+            total = min(total, cfg.eval_steps * cfg.eval_batch_size)
         scores = evaluator.evaluate(dataset, max_batches=cfg.eval_steps,
-                                    num_samples=cfg.num_summary_images, split=cfg.eval_split)
+                                    num_samples=cfg.num_summary_images, split=cfg.eval_split,
+                                    progress=cfg.progress, total_images=total)
         write_results(scores, os.path.join(cfg.model_dir, "eval"), step=step)
         logging.info("step %d: %s mIoU %.4f, pixel accuracy %.4f", step, cfg.eval_split,
                      scores["miou"], scores["pixel_accuracy"])
