@@ -17,6 +17,9 @@ MODELS = {
     "fcn_resnet50_d8_car": dict(channels=16),
     "caa_resnet50_d8_car": dict(channels=16, end_channels=8, guide_filters=4, mlp_hidden=4),
     "hfgd_resnet18": dict(context_channels=8, num_heads=2, fpn_channels=4),
+    "card_resnet18": dict(channels=8, num_heads=2, decoder_channels=8, low_level_channels=4,
+                          car_filters=8),
+    "fcn_resnet18": dict(channels=8, end_channels=8),  # with SAR
 }
 
 
@@ -53,7 +56,7 @@ def main():
     for name, head_options in MODELS.items():
         model = build_model_from_name(
             name, 3, backbone_options=BACKBONE, head_options=head_options,
-            aux_options=dict(channels=8),
+            aux_options=dict(channels=8), sar={} if name == "fcn_resnet18" else None,
         )
         logits = keras.ops.convert_to_numpy(model(x))
         assert logits.shape == (2, 33, 33, 3) and np.isfinite(logits).all(), name
@@ -61,8 +64,10 @@ def main():
         model.compile(optimizer=keras.optimizers.SGD(0.05))
         hist = model.fit(x, y, batch_size=2, epochs=1, verbose=0).history
         assert np.isfinite(hist["loss"][0]), (name, hist)
-        if name.endswith("_car"):
+        if name.endswith("_car") or name.startswith("card"):
             assert "car_intra" in hist, (name, sorted(hist))
+        if name == "fcn_resnet18":
+            assert "sar_anchor" in hist and "sar_pull" in hist, (name, sorted(hist))
         if name.startswith("hfgd"):
             assert "high_level" in hist, (name, sorted(hist))
         moved = sum(

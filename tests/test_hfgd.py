@@ -82,7 +82,8 @@ def test_hfgd_shapes_and_round_trip(tmp_path, output_stride):
     assert tuple(out["logits"].shape) == tuple(out["high_level_logits"].shape) == (2, 64, 64, K)
     size = 64 // output_stride
     assert tuple(out["feature"].shape) == (2, size, size, 8)
-    head_out = model.head(model.backbone(x))
+    head_out = model.head(model.backbone(x), training=True)
+    assert "high_level_logits" not in model.head(model.backbone(x))  # inference: no branch
     assert tuple(head_out["high_level_logits"].shape) == (2, 2, 2, K)
     model.save(tmp_path / "m.keras")
     back = keras.saving.load_model(tmp_path / "m.keras")

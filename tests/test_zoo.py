@@ -21,7 +21,11 @@ TINY_HEAD = {
     "ccnet": dict(channels=16),
     "caa": dict(channels=16, end_channels=8, guide_filters=4, mlp_hidden=4),
     "ksac": dict(channels=8, low_level_channels=4),
+    "hfgd": dict(context_channels=8, num_heads=2, fpn_channels=4),
+    "card": dict(channels=8, num_heads=2, decoder_channels=8, low_level_channels=4),
 }
+NO_CAR = {"hfgd"}  # refuses CAR
+CAR_ALWAYS = {"card"}  # the zoo name turns CAR on
 HEAD_NAMES = [h for h in HEADS.names() if h != "fcn_aux"]
 
 
@@ -52,7 +56,13 @@ def test_every_head_has_tiny_options():
 @pytest.mark.parametrize("head", HEAD_NAMES)
 @pytest.mark.parametrize("car", [False, True])
 def test_head_in_model_shapes_terms_and_gradients(head, car):
-    model = tiny(f"{head}_resnet50_d8" + ("_car" if car else ""))
+    name = f"{head}_resnet50_d8" + ("_car" if car else "")
+    if car and head in NO_CAR:
+        with pytest.raises(ValueError, match=f"{head}: CAR is not supported"):
+            tiny(name)
+        return
+    car = car or head in CAR_ALWAYS
+    model = tiny(name)
     # odd and even sizes (the CAR variant shares the body: one size is enough there)
     for size in [(32, 32), (33, 33)][car:]:
         x, y = batch(size)
@@ -62,6 +72,7 @@ def test_head_in_model_shapes_terms_and_gradients(head, car):
         terms = model.loss_terms(y, out)
         loss = model.compute_loss(x, y, out)
     expected = {"ce", "aux"} | ({"car_intra", "car_inter_c2c", "car_inter_c2p"} if car else set())
+    expected |= {"high_level"} if head == "hfgd" else set()
     assert set(terms) == expected
     assert all(np.isfinite(float(v)) for v in terms.values())
     if car:

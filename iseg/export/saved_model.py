@@ -31,7 +31,13 @@ class SegmentationExportModule(tf.Module):
     def __init__(self, model, *, normalization, scales=(1.0,), flip=False,
                  align_corners=True):
         super().__init__(name="segmentation")
-        self.model = model
+        # Only the inference network is tracked (and so saved): the backbone and the head.
+        # Training-only parts of the model (aux head, CAR loss buffers, SAR anchors and
+        # projector, loss trackers) stay out of the SavedModel; the model itself is held in
+        # a closure, which tf.Module does not track.
+        self.backbone = model.backbone
+        self.head = model.head
+        self._predict = lambda t: model(t, training=False)
         self._normalization = normalization
         self._scales = tuple(float(s) for s in scales)
         self._flip = bool(flip)
@@ -39,7 +45,7 @@ class SegmentationExportModule(tf.Module):
 
     def _run(self, images):
         x = normalize(check_images(images), self._normalization)
-        logits = predict_logits(lambda t: self.model(t, training=False), x,
+        logits = predict_logits(self._predict, x,
                                 scales=self._scales, flip=self._flip,
                                 align_corners=self._align_corners)
         return {"labels": tf.argmax(logits, axis=-1, output_type=tf.int32),

@@ -4,9 +4,10 @@ A head is a Keras layer called on the backbone's endpoint dict
 (`{"stem", "c2", "c3", "c4", "c5"}`) that returns a dict:
 
 - `"logits"`: `[N, h, w, num_classes]` at the head's own resolution (the model upsamples);
-- `"feature"`: the tensor a training-only regularizer reads. With `use_car=True` this is the
-  CAR block's linear projection `z`, and the CAR block's end conv replaces the head's own
-  second-to-last conv ("end conv"); without CAR it is the input of the end conv.
+- `"feature"`: the tensor CAR reads. With `use_car=True` this is the CAR block's linear
+  projection `z`, and the CAR block's end conv replaces the head's own second-to-last conv
+  ("end conv"); without CAR it is the input of the end conv;
+- `"classifier_input"`: the tensor fed to dropout -> classifier (what SAR reads).
 
 Subclasses build their body in `__init__`, pass their own end conv to `_init_end`, and
 finish `call` with `return self._classify(x, training)`.
@@ -21,6 +22,8 @@ class Head(keras.layers.Layer):
     #: CAR settings per head (METHODS.md 2(b) table); subclasses override.
     car_filters = 512
     car_pooling_rates = (1,)
+    #: zoo names `<head>_<backbone>` turn CAR on for heads designed around it (CARD).
+    car_by_default = False
 
     def __init__(
         self,
@@ -84,8 +87,17 @@ class Head(keras.layers.Layer):
             feature = x
             if self.end_conv is not None:
                 x = self.end_conv(x, training=training)
+        classifier_input = x
         x = self.dropout(x, training=training)
-        return {"logits": self.classifier(x), "feature": feature}
+        return {
+            "logits": self.classifier(x),
+            "feature": feature,
+            "classifier_input": classifier_input,
+        }
+
+    def sar_classifier(self):
+        """(kernel [D, K], bias [K]) of the classifier SAR's anchors go through."""
+        return self.classifier.kernel[0, 0], self.classifier.bias
 
     def get_config(self):
         config = super().get_config()

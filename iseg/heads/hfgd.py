@@ -91,23 +91,33 @@ class HFGDHead(Head):
         self.up_projection = ConvBNAct(context_channels, 1, name="up_projection", **norm)
         self._init_end(None)
 
+    def build(self, input_shape):
+        # the upsampler reads the class tokens' weights directly: create them first
+        self.classifier.build((None, None, None, self.context_channels))
+        super().build(input_shape)
+
     def _gs(self, x):
         return scale_gradient(x, self.gradient_scale)
 
     def call(self, endpoints, training=None):
         features = [endpoint(endpoints, key, "hfgd") for key in self.in_keys]
         high = self.context(features[-1], training=training)
-        high_logits = self.classifier(self.dropout(high, training=training))
 
         levels = [self._gs(f) for f in features[:-1]] + [self._gs(high)]
         if self.output_stride == 2:
             levels.insert(0, self._gs(endpoint(endpoints, self.stem_key, "hfgd")))
         x = self.semantic_fpn(self.fpn(levels, training=training), training=training)
         up = self.up_projection(x, training=training)
-        kernel = ops.cast(self._gs(self.classifier.kernel[0, 0]), up.dtype)
-        bias = ops.cast(self._gs(self.classifier.bias), up.dtype)
+        kernel, bias = (ops.cast(w, up.dtype) for w in self.sar_classifier())
         logits = ops.einsum("nhwc,ck->nhwk", self.dropout(up, training=training), kernel) + bias
-        return {"logits": logits, "feature": up, "high_level_logits": high_logits}
+        out = {"logits": logits, "feature": up, "classifier_input": up}
+        if training:  # the high-level branch is training-only (not in an export)
+            out["high_level_logits"] = self.classifier(self.dropout(high, training=training))
+        return out
+
+    def sar_classifier(self):
+        """The class tokens as the upsampler sees them (behind the gradient scale)."""
+        return self._gs(self.classifier.kernel[0, 0]), self._gs(self.classifier.bias)
 
     def get_config(self):
         config = super().get_config()

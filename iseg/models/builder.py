@@ -2,7 +2,8 @@
 
 A zoo name is either a preset registered in `MODELS` (e.g. `demo_tiny`,
 `caa_convnext_large_jpu`) or any `<head>_<backbone>` pair of registered names, optionally
-followed by `_car` (e.g. `deeplabv3_resnet50_d8`, `nl_resnet50_d8_car`).
+followed by `_car` (e.g. `deeplabv3_resnet50_d8`, `nl_resnet50_d8_car`). Heads designed
+around CAR (`car_by_default`: CARD) get it from the plain name (`card_convnext_tiny`).
 """
 
 from iseg.models.segmentation_model import SegmentationModel
@@ -59,7 +60,7 @@ def parse_model_name(name):
     for head in sorted(HEADS.names(), key=len, reverse=True):
         if base.startswith(head + "_") and base[len(head) + 1 :] in BACKBONES:
             kwargs = {"head": head, "backbone": base[len(head) + 1 :]}
-            if car:
+            if car or getattr(HEADS.get(head), "car_by_default", False):
                 kwargs["car"] = {}  # CAR with the published defaults
             return kwargs
     raise ValueError(

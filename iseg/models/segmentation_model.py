@@ -4,7 +4,8 @@ The model owns its loss (`compute_loss`), so `model.compile(optimizer=...)` and 
 all a user needs. At inference `model(images)` returns float32 logits `[N, H, W, K]` at the
 input size; under `training=True` it returns a dict with the logits, the aux logits and the
 head's hook feature, which `compute_loss` turns into the separate loss terms (each tracked as
-a metric: `ce`, `high_level` (HFGD), `aux`, `car_intra`, `car_inter_c2c`, `car_inter_c2p`, `l2`).
+a metric: `ce`, `high_level` (HFGD), `aux`, `car_intra`, `car_inter_c2c`, `car_inter_c2p`,
+`sar_anchor`, `sar_pull`, `sar_ready` (0/1, logged only), `l2`).
 """
 
 import keras
@@ -13,6 +14,7 @@ from keras import ops
 from iseg.distribute import num_replicas_in_sync
 from iseg.losses.car import CARLoss
 from iseg.losses.cross_entropy import pixel_cross_entropy
+from iseg.losses.sar import SARRegularizer
 from iseg.ops import resize, resize_labels, spatial_shape
 
 #: Options of the CAR dict that configure the head's CAR block rather than the losses.
@@ -43,6 +45,8 @@ class SegmentationModel(keras.Model):
       aux_weight: weight of the auxiliary FCN head on `c4` (0 or None: no aux head). Heads
         that produce their own aux logits (OCR's soft object regions) use this weight too.
       aux_options: options of the `fcn_aux` head.
+      sar: None (no SAR) or a dict of `iseg.losses.sar.SARRegularizer` options (training
+        only; it reads the head's classifier input and classifier).
       car: None (no CAR) or a dict of CAR options: head-side `filters`, `pooling_rates`,
         `apply_end_conv`; the rest (loss rates `intra_loss_rate`, `inter_loss_rate`,
         thresholds, `mask_ignored_c2p`, ...) goes to `iseg.losses.car.car_multi_rate_losses`.
@@ -66,6 +70,7 @@ class SegmentationModel(keras.Model):
         aux_weight=0.4,
         aux_options=None,
         car=None,
+        sar=None,
         ignore_label=255,
         class_weights=None,
         loss_reduction="valid_mean",
@@ -82,6 +87,7 @@ class SegmentationModel(keras.Model):
         self.aux_weight = float(aux_weight or 0.0)
         self.aux_options = dict(aux_options or {})
         self.car = None if car is None else dict(car)
+        self.sar = None if sar is None else dict(sar)
         self.ignore_label = int(ignore_label)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.loss_reduction = loss_reduction
@@ -130,6 +136,11 @@ class SegmentationModel(keras.Model):
                 name="car_loss",
                 **car_loss_options,
             )
+        self.sar_loss = None
+        if self.sar is not None:
+            self.sar_loss = SARRegularizer(
+                self.num_classes, ignore_label=self.ignore_label, name="sar", **self.sar
+            )
         self.aux_head = None
         if self.aux_weight > 0 and not getattr(self.head, "provides_aux_logits", False):
             self.aux_head = build_head("fcn_aux", self.num_classes, **self.aux_options)
@@ -142,6 +153,8 @@ class SegmentationModel(keras.Model):
             names.append("aux")
         if self.car is not None:
             names += ["car_intra", "car_inter_c2c", "car_inter_c2p"]
+        if self.sar is not None:
+            names += ["sar_anchor", "sar_pull", "sar_ready"]
         if self.l2_weight_decay > 0:
             names.append("l2")
         for name in names:
@@ -161,6 +174,8 @@ class SegmentationModel(keras.Model):
         out = self.compute_output_spec(spec, training=True)
         if self.car_loss is not None:  # EMA centres, when enabled, are its weights
             self.car_loss.build(out["feature"].shape)
+        if self.sar_loss is not None:
+            self.sar_loss.build(out["classifier_input"].shape)
         self.built = True
 
     def call(self, images, training=None):
@@ -171,6 +186,8 @@ class SegmentationModel(keras.Model):
         if not training:
             return logits
         result = {"logits": logits, "feature": out["feature"]}
+        if self.sar_loss is not None:
+            result["classifier_input"] = out["classifier_input"]
         if out.get("extra_features"):
             result["extra_features"] = list(out["extra_features"])
         if "high_level_logits" in out:
@@ -218,6 +235,10 @@ class SegmentationModel(keras.Model):
                 for name, value in car.items():
                     key = f"car_{name}"
                     terms[key] = terms[key] + value if key in terms else value
+        if training and self.sar_loss is not None and "classifier_input" in outputs:
+            sar = self.sar_loss(outputs["classifier_input"], labels, *self.head.sar_classifier())
+            self._trackers["sar_ready"].update_state(sar.pop("sar_ready"))  # logged only
+            terms.update(sar)
         if training and self.l2_weight_decay > 0:
             kernels = [
                 w for w in self.trainable_weights if w.path.split("/")[-1].endswith("kernel")
@@ -259,6 +280,7 @@ class SegmentationModel(keras.Model):
             aux_weight=self.aux_weight,
             aux_options=self.aux_options,
             car=self.car,
+            sar=self.sar,
             ignore_label=self.ignore_label,
             class_weights=self.class_weights,
             loss_reduction=self.loss_reduction,

@@ -37,6 +37,9 @@ class TrainConfig:
     car_options: dict = option({}, "CAR options, key=value,... (filters, pooling_rates, "
                                "apply_end_conv, intra_loss_rate, inter_loss_rate, "
                                "use_ema_centers, ...).")
+    sar: bool = option(False, "Add SAR (semantic anchor regularization, training only).")
+    sar_options: dict = option({}, "SAR options, key=value,... (trade_off, trade_off_ce, "
+                               "filter_conf, update_conf, momentum, seed).")
     loss_reduction: str = option("valid_mean", "Cross-entropy denominator: valid pixels "
                                  "(mmseg) or all pixels (original code).",
                                  ["valid_mean", "all_pixels"])
@@ -173,6 +176,8 @@ def model_options(cfg, meta):
         opts["backbone_weights"] = cfg.backbone_weights
     if cfg.car:
         opts["car"] = dict(cfg.car_options)
+    if cfg.sar:
+        opts["sar"] = dict(cfg.sar_options)
     if cfg.ohem_thresh is not None:
         opts["ohem"] = dict(thresh=cfg.ohem_thresh, min_kept=cfg.ohem_min_kept)
     return opts
