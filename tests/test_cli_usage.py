@@ -88,6 +88,29 @@ def test_default_run_is_quiet_and_verbosity_brings_tensorflow_logs_back(tmp_path
     assert len(loud.stderr.splitlines()) > 1
 
 
+def test_tensorflow_info_lines_are_dropped_unless_verbosity_is_given():
+    import logging
+
+    from absl import logging as absl_logging
+
+    from iseg.cli import usage
+
+    def shown(path, level=logging.INFO):
+        record = logging.LogRecord("absl", level, path, 1, "message", None, None)
+        return bool(absl_logging.get_absl_handler().filter(record))
+
+    tf_file = os.path.join(os.sep, "venv", "site-packages", "tensorflow", "python", "x.py")
+    keras_file = os.path.join(os.sep, "venv", "site-packages", "keras", "src", "y.py")
+    ours = os.path.join(REPO, "iseg", "datasets", "pipeline.py")
+    usage.quiet_library_logs(True)
+    try:
+        assert not shown(tf_file) and not shown(keras_file)
+        assert shown(ours) and shown(tf_file, logging.WARNING)
+    finally:
+        usage.quiet_library_logs(False)
+    assert shown(tf_file) and shown(keras_file)
+
+
 def test_unknown_flag_in_a_flag_file_names_the_file(tmp_path, capsys):
     from iseg.cli import train
 

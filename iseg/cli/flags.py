@@ -380,6 +380,7 @@ def run_cli(program, define_flags, main, argv=None, verbosity=logging.INFO, *, d
     parse_flags(argv, program)
     explicit = FLAGS["verbosity"].present
     logging.use_absl_handler()
+    usage.quiet_library_logs(not explicit)
     if not explicit:
         logging.set_verbosity(verbosity)
     try:

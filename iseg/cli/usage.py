@@ -3,12 +3,15 @@
 `--help` (also `-h`, `--helpshort`) lists the flags the tool reads, grouped, with their
 defaults; `--helpfull` lists every flag, absl's own included.
 
-By default TensorFlow starts quiet: its C++ log level is set to warnings-and-errors-off
-(`TF_CPP_MIN_LOG_LEVEL=2`) and what it prints while it is imported (CUDA probing on a
-machine without GPUs, the CPU-feature notice) is held back; `--verbosity=N` or the
-environment variable `TF_CPP_MIN_LOG_LEVEL` bring it back.
+By default TensorFlow starts quiet: its C++ log shows only fatal errors
+(`TF_CPP_MIN_LOG_LEVEL=3`; errors reach the user as Python exceptions), what it prints
+while it is imported (CUDA probing on a machine without GPUs, the CPU-feature notice) is
+held back, and the info lines TensorFlow and Keras log through absl are dropped (iseg's own
+are kept). `--verbosity=N` or the environment variable `TF_CPP_MIN_LOG_LEVEL` bring them
+back.
 """
 
+import logging
 import os
 import sys
 import tempfile
@@ -101,10 +104,7 @@ def quiet_tensorflow(verbosity=None):
         return
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    import logging  # pylint: disable=import-outside-toplevel
-
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
@@ -121,3 +121,28 @@ def quiet_tensorflow(verbosity=None):
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+LIBRARIES = tuple(f"{os.sep}{name}{os.sep}" for name in ("tensorflow", "keras", "tf_keras"))
+
+
+class _LibraryInfoFilter(logging.Filter):
+    """Drops the info lines that TensorFlow and Keras log through absl."""
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or not any(
+            lib in record.pathname for lib in LIBRARIES)
+
+
+_LIBRARY_INFO = _LibraryInfoFilter()
+
+
+def quiet_library_logs(quiet=True):
+    """Drop (or, with `quiet=False`, show again) TensorFlow's and Keras' absl info lines."""
+    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+
+    handler = absl_logging.get_absl_handler()
+    if quiet:
+        handler.addFilter(_LIBRARY_INFO)  # a no-op when already there
+    else:
+        handler.removeFilter(_LIBRARY_INFO)

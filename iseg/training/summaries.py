@@ -37,10 +37,12 @@ def read_events(log_dir):
     import glob
     import os
 
+    from iseg.datasets.tfrecord import read_records
+
     scalars, images = {}, {}
     for path in sorted(glob.glob(os.path.join(log_dir, "**", "events.out.tfevents.*"),
                                  recursive=True)):
-        for raw in tf.data.TFRecordDataset(path):
+        for raw in read_records(path):
             event = tf.compat.v1.Event.FromString(raw.numpy())
             for v in event.summary.value:
                 plugin = v.metadata.plugin_data.plugin_name

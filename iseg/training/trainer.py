@@ -265,8 +265,8 @@ def _run_loop(run, train_step, iterator, checkpointer, evaluate_fn):
     losses, last_scores = [], None
     bar = None
     if run.is_chief and step < cfg.steps:
-        bar = progress_bar(total=cfg.steps, initial=step, unit=" steps", desc="training",
-                           enabled=cfg.progress)
+        bar = progress_bar(total=cfg.steps, initial=step, unit="step", desc="training",
+                           enabled=cfg.progress, per_second=False)
     images_per_step = cfg.batch_size * run.accum
     t_last = time.time()
     try:
