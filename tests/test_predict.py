@@ -212,3 +212,25 @@ def test_non_image_inputs_are_reported_and_skipped(tmp_path, model, capsys):
     assert out[1] == "skipped 2 file(s) that are not readable images:"
     assert out[2].startswith(f"  {inp / 'b.jpg'}: not a readable image (")
     assert out[3].startswith(f"  {inp / 'd.png'}: not a readable image (")
+
+
+def test_training_windows_decode_like_predict(tmp_path):
+    """The training input (window decode of the record's bytes) sees the pixels that
+    predict and serving see: whole images exactly; a JPEG window differs only where the
+    partial decode upsamples chroma at the window's border."""
+    import tensorflow as tf
+
+    from iseg.cli.predict import read_image
+    from iseg.datasets.augment import decode_window
+
+    rng = np.random.default_rng(6)
+    for name in ("a.jpg", "b.png"):
+        Image.fromarray(_smooth_image(rng, 40, 56)).save(tmp_path / name, quality=80)
+        whole = read_image(str(tmp_path / name))
+        encoded = tf.constant((tmp_path / name).read_bytes())
+        for start, size in (((0, 0), (40, 56)), ((8, 16), (24, 32))):
+            window = decode_window(encoded, tf.constant(start), tf.constant(size)).numpy()
+            (y, x), (h, w) = start, size
+            if name.endswith(".jpg") and start != (0, 0):
+                window, y, x, h, w = window[1:-1, 1:-1], y + 1, x + 1, h - 2, w - 2
+            np.testing.assert_array_equal(window, whole[y:y + h, x:x + w])

@@ -36,6 +36,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from iseg.datasets.tfrecord import decode_rgb
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentOptions:
@@ -85,7 +87,7 @@ def decode_window(encoded, start, size):
         return tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
 
     def other():
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image = decode_rgb(encoded)
         return tf.slice(image, [start[0], start[1], 0], [size[0], size[1], 3])
 
     return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)

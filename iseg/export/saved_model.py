@@ -35,8 +35,11 @@ class SegmentationExportModule(tf.Module):
         # Training-only parts of the model (aux head, CAR loss buffers, SAR anchors and
         # projector, loss trackers) stay out of the SavedModel; the model itself is held in
         # a closure, which tf.Module does not track.
-        self.backbone = model.backbone
-        self.head = model.head
+        if hasattr(model, "backbone") and hasattr(model, "head"):
+            self.backbone = model.backbone
+            self.head = model.head
+        else:  # another Keras model (no training-only parts known): saved whole
+            self.model = model
         self._predict = lambda t: model(t, training=False)
         self._normalization = normalization
         self._scales = tuple(float(s) for s in scales)
