@@ -18,6 +18,7 @@ EXPERIMENTS = sorted(
     if p.parent.name not in ("common", "datasets", "schedules")
 )
 ZOO = ("pascal_context", "cocostuff164k", "cityscapes", "ade20k")
+OWN_RECIPE = ("hfgd_", "card_", "fcn_hrnetv2")  # rows with their own recipe (tested below)
 
 
 def load(path):
@@ -51,7 +52,7 @@ def test_zoo_rows_use_the_published_recipe(dataset):
     for base in ("fcn_r50_d8", "nl_r50_d8", "deeplabv3_r50_d8", "caa_r101_d8", "caa_convnext_l_jpu"):
         assert {base, base + "_car"} <= stems, (dataset, base)
     for path in rows:
-        if "adam" in path.stem:
+        if "adam" in path.stem or path.stem.startswith(OWN_RECIPE):
             continue
         cfg = load(path)
         assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.steps, cfg.batch_size, cfg.l2) == (
@@ -66,3 +67,35 @@ def test_nested_relative_flagfile_from_another_directory(tmp_path, monkeypatch):
     cfg = load(CONFIGS / "pascal_context" / "nl_r50_d8_car.cfg")
     assert cfg.model == "nl_resnet50_d8" and cfg.car and cfg.dataset == "pascal_context"
     assert cfg.crop_size == (513, 513)
+
+
+@pytest.mark.parametrize("dataset", ZOO)
+def test_hfgd_card_rows(dataset):
+    for head in ("hfgd", "card"):
+        for short in ("convnext_t", "convnext_b", "convnext_l", "swin_t", "swin_b"):
+            cfg = load(CONFIGS / dataset / f"{head}_{short}.cfg")
+            assert cfg.model.startswith(f"{head}_") and cfg.optimizer == "adamw"
+            assert cfg.backbone_options["out_norms"] is True and not cfg.car
+            assert cfg.aux_weight == 0.0
+    # CARD is trained with CAR: the zoo name turns it on
+    assert parse_model_name(load(CONFIGS / dataset / "card_convnext_t.cfg").model)["car"] == {}
+
+
+@pytest.mark.parametrize("dataset,steps,lr,l2,batch", [
+    ("ade20k", 160000, 0.01, 2.5e-4, 16),
+    ("cityscapes", 80000, 0.01, 2.5e-4, 8),
+    ("pascal_context", 40000, 0.004, 5e-5, 16),
+])
+def test_sar_rows_use_the_published_recipe(dataset, steps, lr, l2, batch):
+    base = load(CONFIGS / dataset / "fcn_hrnetv2_w48.cfg")
+    sar = load(CONFIGS / dataset / "fcn_hrnetv2_w48_sar.cfg")
+    assert not base.sar and sar.sar and sar.sar_options == {}
+    for cfg in (base, sar):
+        assert (cfg.head, cfg.backbone, cfg.optimizer, cfg.lr, cfg.end_lr, cfg.steps,
+                cfg.batch_size, cfg.l2) == ("fcn", "hrnetv2_w48", "sgd", lr, 1e-4, steps, batch, l2)
+        assert cfg.head_options == dict(variant="mmseg", channels=720, num_convs=1,
+                                        kernel_size=1, concat_input=False, dropout=0.0)
+        assert cfg.aux_weight == 0.0 and not cfg.align_corners
+    for stem in ("fcn_r50_d8", "deeplabv3_r50_d8", "nl_r50_d8"):
+        cfg = load(CONFIGS / dataset / f"{stem}_sar.cfg")
+        assert cfg.sar and cfg.lr == load(CONFIGS / dataset / f"{stem}.cfg").lr

@@ -167,6 +167,21 @@ def test_layout_details():
     assert fcn.end_conv.filters == 256 and fcn.end_conv.kernel_size == 1
 
 
+def test_fcn_hrnet_layout():
+    # mmseg fcn_hr*: c5 (the HRNetV2 concat) -> ConvBNAct(width, 1x1) -> classifier
+    head = build_head("fcn", K, variant="mmseg", channels=12, num_convs=1, kernel_size=1,
+                      concat_input=False, dropout=0.0)
+    eps = _endpoints(5)
+    out = head(eps, training=True)
+    assert head.convs == [] and head.end_conv.kernel_size == 1 and head.end_conv.name == "conv_0"
+    want = head.classifier(head.end_conv(eps["c5"], training=True))
+    np.testing.assert_allclose(np.asarray(out["logits"]), np.asarray(want), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["feature"]), eps["c5"])  # CAR's hook
+    assert out["classifier_input"].shape[-1] == 12  # SAR's feature: the 1x1 conv output
+    with pytest.raises(ValueError, match="num_convs must be at least 1"):
+        build_head("fcn", K, variant="mmseg", num_convs=0)
+
+
 def test_nl_car_attention_is_residual_with_shared_init():
     eps = _endpoints(9)
     head = _head("nl")

@@ -3,9 +3,12 @@
 `variant="car"` (default; the CAR TF code, whose numbers the model zoo reports):
     c5 -> ConvBNAct(channels=512, 3x3) -> [CAR: F=512, R=[1]] -> end ConvBNAct(256, 1x1)
     -> dropout -> classifier.
-`variant="mmseg"` (mmseg FCNHead, `num_convs=2, concat_input=True`):
+`variant="mmseg"` (mmseg FCNHead, `num_convs=2, kernel_size=3, concat_input=True`):
     c5 -> 2 x ConvBNAct(512, 3x3) -> concat[c5, .] -> [CAR] -> end "conv_cat"
     ConvBNAct(512, 3x3) -> dropout -> classifier.
+With `concat_input=False` the last of the `num_convs` convs is the end conv: mmseg's HRNet
+head (`fcn_hr*`: `num_convs=1, kernel_size=1, concat_input=False`, channels = the HRNetV2
+width, `dropout=0`) is c5 -> [CAR] -> ConvBNAct(720, 1x1) -> classifier.
 """
 
 import keras
@@ -26,18 +29,33 @@ class FCNHead(Head):
         channels: width of the 3x3 convs (512).
         end_channels: width of the end conv (None: 256 for "car", `channels` for "mmseg").
         variant: "car" or "mmseg".
+        num_convs, kernel_size, concat_input: mmseg FCNHead options ("mmseg" only).
     """
 
     car_filters = 512
     car_pooling_rates = (1,)
 
     def __init__(
-        self, num_classes, channels=512, end_channels=None, variant="car", in_key="c5", **kwargs
+        self,
+        num_classes,
+        channels=512,
+        end_channels=None,
+        variant="car",
+        in_key="c5",
+        num_convs=2,
+        kernel_size=3,
+        concat_input=True,
+        **kwargs,
     ):
         super().__init__(num_classes, **kwargs)
         self.variant = check_variant("fcn", variant)
         self.channels = channels
         self.in_key = in_key
+        self.num_convs = int(num_convs)
+        self.kernel_size = int(kernel_size)
+        self.concat_input = bool(concat_input)
+        if variant == "mmseg" and self.num_convs < 1:
+            raise ValueError(f"fcn: num_convs must be at least 1, got {num_convs!r}")
         norm = dict(self.norm_kwargs, dtype=self.dtype_policy)
         if variant == "car":
             self.end_channels = end_channels or 256
@@ -45,8 +63,10 @@ class FCNHead(Head):
             end = ConvBNAct(self.end_channels, 1, name="end_conv", **norm)
         else:
             self.end_channels = end_channels or channels
-            self.convs = [ConvBNAct(channels, 3, name=f"conv_{i}", **norm) for i in range(2)]
-            end = ConvBNAct(self.end_channels, 3, name="conv_cat", **norm)
+            k, n = self.kernel_size, self.num_convs - (0 if self.concat_input else 1)
+            self.convs = [ConvBNAct(channels, k, name=f"conv_{i}", **norm) for i in range(n)]
+            end_name = "conv_cat" if self.concat_input else f"conv_{n}"
+            end = ConvBNAct(self.end_channels, k, name=end_name, **norm)
         self._init_end(end)
 
     def call(self, endpoints, training=None):
@@ -54,7 +74,7 @@ class FCNHead(Head):
         x = inputs
         for conv in self.convs:
             x = conv(x, training=training)
-        if self.variant == "mmseg":
+        if self.variant == "mmseg" and self.concat_input:
             x = ops.concatenate([inputs, x], axis=-1)
         return self._classify(x, training)
 
@@ -65,6 +85,9 @@ class FCNHead(Head):
             end_channels=self.end_channels,
             variant=self.variant,
             in_key=self.in_key,
+            num_convs=self.num_convs,
+            kernel_size=self.kernel_size,
+            concat_input=self.concat_input,
         )
         return config
 
