@@ -16,10 +16,14 @@ setup(
         "pillow>=10.0",
         "tqdm>=4.66",
         "h5py>=3.10",
+        # the DejaVu / STIX fonts of the synthetic text renderer (iseg.text.synth)
+        "matplotlib>=3.8",
     ],
     extras_require={
         # jax and torch: the backend smoke tests (the pure-Keras code on JAX and PyTorch)
-        "test": ["pytest>=8.0", "jax[cpu]>=0.4.30", "torch==2.13.0"],
+        "test": ["pytest>=8.0", "jax[cpu]>=0.4.30", "torch==2.13.0", "lmdb>=1.4"],
+        # reading the LMDB text-recognition benchmarks (iseg.text.records.read_lmdb)
+        "text": ["lmdb>=1.4"],
     },
     entry_points={
         "console_scripts": [

@@ -44,3 +44,18 @@ def num_replicas_in_sync():
         return 1
     context = tf.distribute.get_replica_context()
     return 1 if context is None else context.num_replicas_in_sync
+
+
+def replica_loss(terms, trackers, extra_losses=()):
+    """This replica's training loss: the sum of the loss `terms` (a dict; each is recorded,
+    unscaled, in `trackers[name]`) and of `extra_losses` (e.g. a model's `losses`), divided
+    by `num_replicas_in_sync()` as Keras' own losses are, so that the replicas' summed
+    gradients are those of the global-batch loss."""
+    from keras import ops
+
+    for name, value in terms.items():
+        trackers[name].update_state(value)
+    total = ops.sum(ops.stack(list(terms.values())))
+    for loss in extra_losses:
+        total = total + ops.cast(ops.sum(loss), "float32")
+    return total / num_replicas_in_sync()

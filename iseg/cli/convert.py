@@ -7,6 +7,16 @@ r"""Convert a dataset in its own layout into sharded TFRecords.
     python -m iseg.cli.convert --dataset=generic --class_list=classes.txt \
         --data_dir=DIR --output_dir=OUT
     python -m iseg.cli.convert --dataset=shapes --output_dir=OUT   # synthetic demo data
+
+Text recognition (iseg.text): an LMDB benchmark folder or a `path<TAB>word` label file
+becomes one split (--splits=NAME, default test); text_synth renders train (--num_train),
+test and test_curved (--num_val each) words:
+
+    python -m iseg.cli.convert --dataset=text_lmdb --data_dir=IIIT5K_lmdb --splits=iiit5k \
+        --output_dir=$ISEG_DATA/text_benchmarks
+    python -m iseg.cli.convert --dataset=text_folder --data_dir=words/labels.txt \
+        --splits=train --output_dir=OUT
+    python -m iseg.cli.convert --dataset=text_synth --output_dir=OUT
 """
 
 import sys
@@ -17,6 +27,7 @@ from iseg.cli import flags as flags_lib
 
 FLAGS = flags_lib.FLAGS
 PROGRAM = "iseg.cli.convert"
+TEXT_DATASETS = {"text_lmdb": "lmdb", "text_folder": "folder", "text_synth": None}
 
 
 def define_flags():
@@ -51,15 +62,18 @@ def check():
     """Flag errors, before anything is imported or written."""
     from iseg import datasets  # pylint: disable=import-outside-toplevel
 
-    valid = ", ".join(datasets.DATASETS.names())
+    valid = ", ".join(datasets.DATASETS.names() + sorted(TEXT_DATASETS))
     if FLAGS.dataset is None:
         raise flags_lib.CliError(f"--dataset is required; valid: {valid}")
-    if FLAGS.dataset not in datasets.DATASETS:
+    if FLAGS.dataset not in datasets.DATASETS and FLAGS.dataset not in TEXT_DATASETS:
         raise flags_lib.CliError(f"unknown --dataset={FLAGS.dataset}; valid: {valid}")
     if FLAGS.output_dir is None:
         raise flags_lib.CliError("--output_dir is required")
-    if FLAGS.data_dir is None and FLAGS.dataset != "shapes":
+    if FLAGS.data_dir is None and FLAGS.dataset not in ("shapes", "text_synth"):
         raise flags_lib.CliError("--data_dir is required")
+    if TEXT_DATASETS.get(FLAGS.dataset) and len(FLAGS.splits or []) > 1:
+        raise flags_lib.CliError(f"--dataset={FLAGS.dataset} converts one source into one "
+                                 f"split; got --splits={','.join(FLAGS.splits)}")
     if FLAGS.dataset == "generic" and not FLAGS.class_list:
         raise flags_lib.CliError("--dataset=generic needs --class_list=FILE")
 
@@ -75,9 +89,26 @@ def main(_):
     return info
 
 
+def _convert_text():
+    from iseg.text import records  # pylint: disable=import-outside-toplevel
+
+    if FLAGS.dataset == "text_synth":
+        return records.generate_synth(
+            FLAGS.output_dir, {"train": (FLAGS.num_train, None), "test": (FLAGS.num_val, 0.0),
+                               "test_curved": (FLAGS.num_val, 1.0)},
+            seed=FLAGS.seed, num_workers=FLAGS.num_workers or 2,
+            num_shards=FLAGS.num_shards, compression=FLAGS.compression)
+    split = (FLAGS.splits or ["test"])[0]
+    records.convert_text(FLAGS.data_dir, FLAGS.output_dir, split, TEXT_DATASETS[FLAGS.dataset],
+                         FLAGS.num_shards, FLAGS.compression)
+    return records.load_text_info(FLAGS.output_dir)
+
+
 def _convert():
     from iseg import datasets  # pylint: disable=import-outside-toplevel
 
+    if FLAGS.dataset in TEXT_DATASETS:
+        return _convert_text()
     if FLAGS.dataset == "shapes" and FLAGS.data_dir is None:
         from iseg.datasets import synthetic  # pylint: disable=import-outside-toplevel
 

@@ -8,7 +8,8 @@ extension, or with it (`a_jpg`) where two inputs share a name (`a.png`, `a.jpg`)
 `--output` may not be `--input` or a folder inside it, and no input file is ever
 overwritten. Images are decoded as training and the SavedModel's `serve_encoded` decode
 them (TensorFlow's decoders; 16-bit PNGs are scaled to 8 bits); files that are not
-readable images are reported and skipped.
+readable images are reported and skipped. With the SavedModel of a text recognizer
+(`iseg.text`) it writes `predictions.tsv` (`file<TAB>word<TAB>score`) instead.
 """
 
 import glob
@@ -232,6 +233,13 @@ def main(_):
     for name in ("model", "input", "output"):
         if not FLAGS[name].value:
             raise flags_lib.CliError(f"--{name} is required")
+    from iseg.text.export import is_text_export
+    if is_text_export(FLAGS.model):  # a text recognizer: one line per image
+        from iseg.text.export import predict_folder as predict_text
+        out = os.path.join(FLAGS.output, "predictions.tsv")
+        rows = predict_text(FLAGS.model, list_images(FLAGS.input), out)
+        print(f"{len(rows)} words written to {out}", flush=True)
+        return rows
     predictor = Predictor(FLAGS.model, scales=[float(s) for s in FLAGS.scales],
                           flip=FLAGS.flip)
     skipped = []

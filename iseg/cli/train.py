@@ -45,6 +45,9 @@ def main(argv):
 
     cfg = flags_lib.config_from_flags(argv)
     split_cpu(FLAGS.num_cpu_devices)
+    if FLAGS.task == "text":
+        from iseg.cli import text
+        return text.main(cfg)
     _prepare_data(cfg)
     meta = config_lib.dataset_meta(cfg)
     result = train(cfg, meta=meta, after_training=after_training(cfg, meta))
@@ -62,12 +65,25 @@ def main(argv):
 
 def check():
     """Fail before TensorFlow is imported and before anything is written."""
-    flags_lib.check_data(["train"] + ([FLAGS.eval_split] if FLAGS.evaluate_at_end else []))
+    if FLAGS.task == "text":
+        from iseg.cli.text import check_text_data
+        return check_text_data()
+    return flags_lib.check_data(["train"] + ([FLAGS.eval_split] if FLAGS.evaluate_at_end
+                                             else []))
+
+
+def define_flags():
+    from iseg.cli.text import define_text_flags
+
+    flags_lib.define_train_flags()
+    define_text_flags()
 
 
 def run(argv=None):
-    return flags_lib.run_cli(PROGRAM, flags_lib.define_train_flags, main, argv, doc=__doc__,
-                             help_groups=flags_lib.TRAIN_GROUPS, check=check)
+    from iseg.cli.text import TEXT_GROUPS
+
+    return flags_lib.run_cli(PROGRAM, define_flags, main, argv, doc=__doc__,
+                             help_groups=flags_lib.TRAIN_GROUPS + TEXT_GROUPS, check=check)
 
 
 if __name__ == "__main__":

@@ -102,6 +102,18 @@ def export_saved_model(model, output_dir, *, normalization=None, scales=(1.0,), 
         align_corners = getattr(model, "align_corners", True)
     module = SegmentationExportModule(model, normalization=normalization, scales=scales,
                                       flip=flip, align_corners=align_corners)
+    meta = dict(num_classes=int(model.num_classes) if hasattr(model, "num_classes") else None,
+                class_names=list(class_names) if class_names else None,
+                palette=[list(map(int, c)) for c in palette] if palette is not None else None,
+                normalization=normalization, scales=list(module._scales), flip=flip,
+                align_corners=align_corners)
+    return write_saved_model(module, output_dir, meta)
+
+
+def write_saved_model(module, output_dir, meta):
+    """Save `module` (with `serve_images` and `serve_encoded`) as a SavedModel in
+    `output_dir`, replaced atomically, with `meta` (+ the signature names) in `export.json`;
+    returns the path."""
     output_dir = os.path.abspath(output_dir)
     tmp = output_dir.rstrip("/") + f".tmp-{os.getpid()}"
     tf.saved_model.save(module, tmp, signatures={
@@ -109,12 +121,7 @@ def export_saved_model(model, output_dir, *, normalization=None, scales=(1.0,), 
         "serve_images": module.serve_images.get_concrete_function(),
         "serve_encoded": module.serve_encoded.get_concrete_function(),
     })
-    meta = dict(num_classes=int(model.num_classes) if hasattr(model, "num_classes") else None,
-                class_names=list(class_names) if class_names else None,
-                palette=[list(map(int, c)) for c in palette] if palette is not None else None,
-                normalization=normalization, scales=list(module._scales), flip=flip,
-                align_corners=align_corners,
-                signatures=["serving_default", "serve_images", "serve_encoded"])
+    meta = dict(meta, signatures=["serving_default", "serve_images", "serve_encoded"])
     with open(os.path.join(tmp, "export.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
     if os.path.isdir(output_dir):

@@ -11,7 +11,7 @@ a metric: `ce`, `high_level` (HFGD), `aux`, `car_intra`, `car_inter_c2c`, `car_i
 import keras
 from keras import ops
 
-from iseg.distribute import num_replicas_in_sync
+from iseg.distribute import replica_loss
 from iseg.losses.car import CARLoss
 from iseg.losses.cross_entropy import pixel_cross_entropy
 from iseg.losses.sar import SARRegularizer
@@ -254,12 +254,7 @@ class SegmentationModel(keras.Model):
         so that the replicas' summed gradients are those of the global-batch loss. The
         per-term trackers record the unscaled terms."""
         terms = self.loss_terms(y, y_pred, training=training)
-        for name, value in terms.items():
-            self._trackers[name].update_state(value)
-        total = ops.sum(ops.stack(list(terms.values())))
-        for loss in self.losses:
-            total = total + ops.cast(ops.sum(loss), "float32")
-        return total / num_replicas_in_sync()
+        return replica_loss(terms, self._trackers, self.losses)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return self.get_metrics_result()
