@@ -15,6 +15,7 @@ readable images are reported and skipped. With the SavedModel of a text recogniz
 import glob
 import json
 import os
+import re
 
 import numpy as np
 from absl import flags, logging
@@ -166,8 +167,10 @@ def read_image(path):
     try:
         return decode_rgb(tf.constant(data)).numpy()
     except tf.errors.InvalidArgumentError as e:
-        reason = e.message.strip().splitlines()[0] if e.message else "cannot decode"
-        raise ValueError(f"{path}: not a readable image ({reason})") from None
+        # "{{function_node ...}} Unknown image file format. ... [Op:DecodeImage]" -> the text
+        reason = re.sub(r"\{\{.*?\}\}", "", e.message or "").split("[Op:")[0].strip()
+        raise ValueError(f"{path}: not a readable image ({reason or 'cannot decode'})") \
+            from None
 
 
 def predict_folder(predictor, input_path, output_dir, alpha=0.5, progress=True,
@@ -191,7 +194,7 @@ def predict_folder(predictor, input_path, output_dir, alpha=0.5, progress=True,
         try:
             image = read_image(f)
         except ValueError as e:
-            logging.warning("skipped %s", e)
+            logging.info("skipped %s", e)
             if skipped is not None:
                 skipped.append((f, str(e)))
             continue
