@@ -110,7 +110,8 @@ def _grads(model, term):
     variables = [v.value for vs in groups.values() for v in vs]  # tf.Variables
     with tf.GradientTape() as tape:
         terms = model.loss_terms(y, model(x, training=True))
-    grads = tape.gradient(terms[term], variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    zero = tf.UnconnectedGradients.ZERO
+    grads = tape.gradient(terms[term], variables, unconnected_gradients=zero)
     out, i = {}, 0
     for name, vs in groups.items():
         out[name] = [g.numpy() for g in grads[i : i + len(vs)]]

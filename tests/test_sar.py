@@ -229,3 +229,18 @@ def test_one_and_two_replicas_agree(tmp_path):
     assert float(want["sar_ready"]) == 1.0
     for replica in got["anchors"]:
         np.testing.assert_allclose(replica, np.asarray(single.semantic_anchors), rtol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["fcn", "deeplabv3", "nl", "upernet", "card", "hfgd"])
+def test_sar_plugs_into_heads(head):
+    from test_zoo import batch, tiny
+
+    model = tiny(f"{head}_resnet50_d8", sar={}, aux_weight=0.0)
+    x, y = batch((32, 32))
+    out = model(x, training=True)
+    terms = model.loss_terms(y, out)
+    assert {"sar_anchor", "sar_pull"} <= set(terms)
+    assert all(np.isfinite(float(v)) for v in terms.values())
+    # the SAR feature is what the classifier reads: its width is the classifier's input
+    assert out["classifier_input"].shape[-1] == model.head.classifier.kernel.shape[-2]
+    assert model.sar_loss.anchors.shape[-1] == out["classifier_input"].shape[-1]

@@ -52,8 +52,9 @@ class MultiHeadAxialAttention(keras.layers.Layer):
                 )
         conv = dict(kernel_size=1, use_bias=True, dtype=self.dtype_policy)
         init = SharedGlorotUniform() if self.shared_init else "glorot_uniform"
-        self.query_conv = keras.layers.Conv2D(filters, kernel_initializer=init, name="query", **conv)
-        self.key_conv = keras.layers.Conv2D(filters, kernel_initializer=init, name="key", **conv)
+        qk = dict(kernel_initializer=init, **conv)
+        self.query_conv = keras.layers.Conv2D(filters, name="query", **qk)
+        self.key_conv = keras.layers.Conv2D(filters, name="key", **qk)
         self.value_conv = keras.layers.Conv2D(channels, name="value", **conv)
         for layer in (self.query_conv, self.key_conv, self.value_conv):
             layer.build(input_shape)

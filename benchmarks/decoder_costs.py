@@ -1,0 +1,114 @@
+"""Parameters and FLOPs of decoders on one backbone, side by side (inference graph).
+
+FLOPs are counted analytically while one forward pass runs: every Conv2D, DepthwiseConv2D
+and Dense call adds its multiply-accumulates (output elements x kernel taps x input channels
+per group), and every `keras.ops.einsum` / `keras.ops.matmul` call (attention) adds the
+product of its index sizes. One multiply-accumulate counts as one FLOP (the fvcore / mmcv
+convention of the papers' tables); element-wise work (BN, activations, softmax, resizes) is
+not counted. Parameters: trainable weights (PyTorch's `numel` convention). Usage:
+
+    python benchmarks/decoder_costs.py [--backbone convnext_tiny] [--size 512] [--classes 150]
+"""
+
+import argparse
+import contextlib
+import math
+import os
+import string
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from iseg.models import build_model  # noqa: E402
+
+#: (label, head, model options): the decoders compared, at their papers' / mmseg's widths.
+DECODERS = [
+    ("UPerNet (mmseg layout, 512)", "upernet", dict(head_options=dict(variant="mmseg"))),
+    ("HFGD (256 / 128)", "hfgd", {}),
+    ("CARD (512 / 256, with CAR)", "card", dict(car={})),
+]
+
+
+def _einsum_macs(equation, *operands):
+    inputs = equation.replace(" ", "").split("->")[0].split(",")
+    sizes = {}
+    for spec, x in zip(inputs, operands):
+        for letter, dim in zip(spec, x.shape):
+            sizes[letter] = int(dim)
+    return math.prod(sizes[c] for c in set("".join(inputs)) if c in string.ascii_letters)
+
+
+@contextlib.contextmanager
+def count_macs():
+    """Yields a one-element list holding the multiply-accumulates of the calls inside."""
+    total = [0]
+    patched = []
+
+    def wrap(owner, name, macs):
+        original = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            out = original(*args, **kwargs)
+            total[0] += macs(out, *args, **kwargs)
+            return out
+
+        setattr(owner, name, counted)
+        patched.append((owner, name, original))
+
+    def conv(out, layer, x, *a, **k):
+        kernel = layer.kernel.shape
+        return int(np.prod(out.shape[1:])) * int(np.prod(kernel[:-1]))
+
+    def depthwise(out, layer, x, *a, **k):
+        return int(np.prod(out.shape[1:])) * int(np.prod(layer.kernel.shape[:2]))
+
+    def dense(out, layer, x, *a, **k):
+        return int(np.prod(out.shape[1:])) * int(layer.kernel.shape[0])
+
+    wrap(keras.layers.Conv2D, "call", conv)
+    wrap(keras.layers.DepthwiseConv2D, "call", depthwise)
+    wrap(keras.layers.Dense, "call", dense)
+    wrap(keras.ops, "einsum", lambda out, eq, *ops_, **k: _einsum_macs(eq, *ops_))
+    wrap(keras.ops, "matmul", lambda out, a, b, **k: int(np.prod(out.shape)) * int(a.shape[-1]))
+    try:
+        yield total
+    finally:
+        for owner, name, original in reversed(patched):
+            setattr(owner, name, original)
+
+
+def measure(head, backbone, size, classes, options):
+    keras.utils.set_random_seed(0)
+    model = build_model(head, backbone, classes, aux_weight=0.0, input_shape=(size, size, 3),
+                        **options)
+    x = np.zeros((1, size, size, 3), "float32")
+    backbone_params = sum(int(np.prod(w.shape)) for w in model.backbone.trainable_weights)
+    head_params = sum(int(np.prod(w.shape)) for w in model.head.trainable_weights)
+    with count_macs() as total:
+        model.backbone(x, training=False)
+    backbone_flops = total[0]
+    with count_macs() as total:
+        model(x, training=False)
+    return backbone_params, head_params, backbone_flops, total[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="convnext_tiny")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--classes", type=int, default=150)
+    args = parser.parse_args()
+    print(f"{args.backbone}, {args.size}x{args.size} input, {args.classes} classes, inference; "
+          "FLOPs = multiply-accumulates of convs, dense layers and attention matmuls\n")
+    print("| decoder | params total (M) | decoder params (M) | GFLOPs total | decoder GFLOPs |")
+    print("|---|---:|---:|---:|---:|")
+    for label, head, options in DECODERS:
+        bp, hp, bf, tf_ = measure(head, args.backbone, args.size, args.classes, options)
+        print(f"| {label} | {(bp + hp) / 1e6:.2f} | {hp / 1e6:.2f} | {tf_ / 1e9:.1f} | "
+              f"{(tf_ - bf) / 1e9:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
