@@ -55,6 +55,20 @@ def _oracle(e, kernel, bias, m, feature, labels, ready):
     return anchor, pull
 
 
+def test_sar_options_errors():
+    from iseg.errors import ConfigError
+    from iseg.training.config import DatasetMeta, TrainConfig, model_options
+
+    meta = DatasetMeta(num_classes=K, class_names=["a", "b", "c"], palette=[(0, 0, 0)] * K)
+    assert model_options(TrainConfig(sar=True, sar_options={"trade_off": 0.2}), meta)["sar"] == {
+        "trade_off": 0.2}
+    with pytest.raises(ConfigError, match=r"--sar_options: unknown SAR option 'tradeoff'\. "
+                                          r"Valid options: trade_off, trade_off_ce"):
+        model_options(TrainConfig(sar=True, sar_options={"tradeoff": 0.2}), meta)
+    with pytest.raises(ConfigError, match="--sar_options given without --sar=true"):
+        model_options(TrainConfig(sar_options={"trade_off": 0.2}), meta)
+
+
 def test_labels_at_slices_integer_ratios():
     y = np.arange(2 * 8 * 6).reshape(2, 8, 6)
     np.testing.assert_array_equal(np.asarray(labels_at(y, (4, 3))), y[:, ::2, ::2])

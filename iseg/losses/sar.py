@@ -25,6 +25,21 @@ from keras import ops
 from iseg.ops import resize_labels, spatial_shape
 
 SAR_SEED = 1270964153  # the seed of the published configs
+#: The options a user may set (`--sar_options`); `num_classes` and `ignore_label` come from
+#: the model.
+SAR_OPTIONS = ("trade_off", "trade_off_ce", "filter_conf", "update_conf", "momentum", "seed",
+               "bn_momentum", "bn_epsilon")
+
+
+def check_sar_options(options):
+    """`options` as a dict, or a ValueError naming the first unknown option."""
+    options = dict(options or {})
+    for key in options:
+        if key not in SAR_OPTIONS:
+            raise ValueError(
+                f"unknown SAR option {key!r}. Valid options: {', '.join(SAR_OPTIONS)}"
+            )
+    return options
 
 
 def labels_at(labels, size):

@@ -14,7 +14,7 @@ from keras import ops
 from iseg.distribute import replica_loss
 from iseg.losses.car import CARLoss
 from iseg.losses.cross_entropy import pixel_cross_entropy
-from iseg.losses.sar import SARRegularizer
+from iseg.losses.sar import SARRegularizer, check_sar_options
 from iseg.ops import resize, resize_labels, spatial_shape
 
 #: Options of the CAR dict that configure the head's CAR block rather than the losses.
@@ -87,7 +87,7 @@ class SegmentationModel(keras.Model):
         self.aux_weight = float(aux_weight or 0.0)
         self.aux_options = dict(aux_options or {})
         self.car = None if car is None else dict(car)
-        self.sar = None if sar is None else dict(sar)
+        self.sar = None if sar is None else check_sar_options(sar)
         self.ignore_label = int(ignore_label)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.loss_reduction = loss_reduction

@@ -177,7 +177,14 @@ def model_options(cfg, meta):
     if cfg.car:
         opts["car"] = dict(cfg.car_options)
     if cfg.sar:
-        opts["sar"] = dict(cfg.sar_options)
+        from iseg.losses.sar import check_sar_options
+
+        try:
+            opts["sar"] = check_sar_options(cfg.sar_options)
+        except ValueError as e:
+            raise ConfigError(f"--sar_options: {e}") from None
+    elif cfg.sar_options:
+        raise ConfigError("--sar_options given without --sar=true")
     if cfg.ohem_thresh is not None:
         opts["ohem"] = dict(thresh=cfg.ohem_thresh, min_kept=cfg.ohem_min_kept)
     return opts
