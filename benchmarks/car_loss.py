@@ -107,10 +107,11 @@ def model_steps():
           f"{os.cpu_count()} CPU cores")
     print("| model | step time (s) |")
     print("|---|---|")
-    names = (FLAGS.model, FLAGS.model + "_car")
+    names = (FLAGS.model, FLAGS.model + " + CAR")
     models = {}
-    for name in names:
-        models[name] = build_model_from_name(name, k, input_shape=(size, size, 3))
+    for name, car in zip(names, (None, {})):
+        models[name] = build_model_from_name(FLAGS.model, k, input_shape=(size, size, 3),
+                                             car=car)
         models[name].compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
         models[name].train_on_batch(images, labels)  # trace + warm up
     runs = {name: [] for name in names}
@@ -122,7 +123,7 @@ def model_steps():
     times = {name: float(np.median(runs[name])) for name in names}
     for name in names:
         print(f"| {name} | {times[name]:.3f} |", flush=True)
-    base, car = times[FLAGS.model], times[FLAGS.model + "_car"]
+    base, car = times[names[0]], times[names[1]]
     print(f"CAR overhead: {100 * (car / base - 1):+.1f} %")
 
 

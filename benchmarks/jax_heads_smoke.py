@@ -39,7 +39,7 @@ def main():
     failures = 0
     for name, options in OPTIONS.items():
         for use_car in (False, True) if name != "fcn_aux" else (False,):
-            extra = dict(use_car=True, car_filters=8) if use_car else {}
+            extra = dict(car=dict(filters=8)) if use_car else {}
             head = build_head(name, 5, **options, **extra)
             start = time.time()
             out = head(endpoints, training=False)

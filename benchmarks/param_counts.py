@@ -42,7 +42,7 @@ def main():
     for name in HEADS:
         for variant in ("car", "mmseg"):
             for use_car in (False, True):
-                t, f = count(name, k, variant=variant, use_car=use_car)
+                t, f = count(name, k, variant=variant, car={} if use_car else None)
                 print(f"| {name} | {variant} | {'yes' if use_car else 'no'} | {t:,} | {f:,} |")
     t, f = count("fcn_aux", k)
     print(f"| fcn_aux (c4) | - | no | {t:,} | {f:,} |")

@@ -24,7 +24,7 @@ def test_registered():
 @pytest.mark.parametrize("use_car", [False, True])
 def test_shapes_and_composition(use_car):
     eps = endpoints()
-    head = build_head("caa", 3, use_car=use_car, car_filters=5, **SMALL)
+    head = build_head("caa", 3, car=dict(filters=5) if use_car else None, **SMALL)
     out = head(eps, training=False)
     assert out["logits"].shape == (2, 9, 9, 3)
     # feature: CAR's projection z (min(16, 5) ch) or the 2*channels concat before the end conv
@@ -59,7 +59,7 @@ def test_round_trip(tmp_path):
     eps = endpoints(1)
     eps["c5"] = eps["c5"][:, :3, :3]
     inputs = {k: keras.Input(v.shape[1:], name=k) for k, v in eps.items()}
-    head = build_head("caa", 3, use_car=True, car_filters=5, use_jpu=use_jpu, group_size=2, **SMALL)
+    head = build_head("caa", 3, car=dict(filters=5), use_jpu=use_jpu, group_size=2, **SMALL)
     model = keras.Model(inputs, head(inputs)["logits"])
     path = tmp_path / "caa_head.keras"
     model.save(path)

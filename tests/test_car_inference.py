@@ -9,8 +9,8 @@ from iseg.models import build_model_from_name
 BACKBONE = dict(depths=(1, 1, 1, 1), widths=(4, 4, 8, 8), stem_width=8)
 
 
-def build(name):
-    return build_model_from_name(name, 5, backbone_options=BACKBONE, aux_weight=0,
+def build(name, car=None):
+    return build_model_from_name(name, 5, backbone_options=BACKBONE, aux_weight=0, car=car,
                                  head_options=dict(channels=16, key_filters=4))
 
 
@@ -24,7 +24,7 @@ def count(weights):
 
 
 def test_inference_graph_has_no_car_computation():
-    model = build("nl_resnet50_d8_car")
+    model = build("nl_resnet50_d8", car={})
     spec = tf.TensorSpec((1, 33, 33, 3), tf.float32)
     labels = tf.zeros((1, 33, 33), tf.int32)
     infer = op_types(lambda x: model(x, training=False), spec)
@@ -35,7 +35,7 @@ def test_inference_graph_has_no_car_computation():
 
 
 def test_car_adds_only_its_one_by_one_convs():
-    base, car = build("nl_resnet50_d8"), build("nl_resnet50_d8_car")
+    base, car = build("nl_resnet50_d8"), build("nl_resnet50_d8", car={})
     block = car.head.car
     added = count(block.linear_conv.weights) + count(block.end_conv.conv.weights)
     removed = count(base.head.end_conv.conv.weights)

@@ -22,7 +22,7 @@ def _endpoints(seed=0):
 
 @pytest.mark.parametrize("use_car", [False, True])
 def test_card_layout_and_car_hook(use_car):
-    head = build_head("card", K, use_car=use_car, car_filters=5, **TINY)
+    head = build_head("card", K, car=dict(filters=5) if use_car else None, **TINY)
     eps = _endpoints()
     out = head(eps, training=True)
     assert tuple(out["logits"].shape) == (2, 16, 12, K)  # at c2's size
@@ -32,7 +32,7 @@ def test_card_layout_and_car_hook(use_car):
     assert head.classifier.kernel.shape[-2] == (5 if use_car else 6)
     assert (head.car is not None) == use_car and head.end_conv is None
     mixer = head.token_mixer
-    manual = head.low_level_conv(eps["c2"])
+    manual = head.decoder.low_level_conv(eps["c2"])
     assert manual.shape[-1] == 3 and mixer(eps["c5"]).shape[-1] == 8
 
 
@@ -43,7 +43,7 @@ def test_card_zoo_name_turns_car_on_and_round_trips(tmp_path):
     model = build_model_from_name(
         "card_resnet18", K, backbone_options=dict(depths=(1, 1, 1, 1), widths=(4, 4, 8, 8),
                                                   stem_width=8),
-        head_options=dict(TINY, car_filters=5), aux_weight=0.0,
+        head_options=TINY, car=dict(filters=5), aux_weight=0.0,
     )
     assert model.head.use_car and model.car_loss is not None
     x = np.random.default_rng(1).uniform(-1, 1, size=(1, 64, 64, 3)).astype("float32")
@@ -54,7 +54,7 @@ def test_card_zoo_name_turns_car_on_and_round_trips(tmp_path):
 
 @pytest.mark.parametrize("mixer", ["axial", "caa"])
 def test_card_gradient_reaches_every_weight(mixer):
-    head = build_head("card", K, use_car=True, car_filters=5, mixer=mixer, **TINY)
+    head = build_head("card", K, car=dict(filters=5), mixer=mixer, **TINY)
     eps = _endpoints(3)
     head(eps)
     rng = np.random.default_rng(5)

@@ -59,7 +59,8 @@ def test_zoo_rows_use_the_published_recipe(dataset):
             "sgd", 0.01, "poly", 30000, 16, 1e-4
         ), path
         assert cfg.sync_bn and cfg.backbone_options["bn_momentum"] == 0.9997, path
-        assert cfg.head_options == {"bn_momentum": 0.9997, "bn_epsilon": 1e-3}, path
+        assert cfg.head_options == {"bn_momentum": 0.9997, "bn_epsilon": 1e-3, "dropout": 0.0,
+                                    "kernel_initializer": "glorot_uniform"}, path
 
 
 def test_nested_relative_flagfile_from_another_directory(tmp_path, monkeypatch):

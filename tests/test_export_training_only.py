@@ -16,8 +16,8 @@ CASES = {
     "hfgd": dict(head="hfgd", head_options=dict(context_channels=8, num_heads=2,
                                                 fpn_channels=4)),
     "card": dict(head="card", head_options=dict(channels=8, num_heads=2, decoder_channels=4,
-                                                low_level_channels=4, car_filters=4),
-                 car=dict(use_ema_centers=True)),
+                                                low_level_channels=4),
+                 car=dict(filters=4, use_ema_centers=True)),
 }
 
 

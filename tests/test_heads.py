@@ -82,7 +82,7 @@ def test_head_shapes_with_and_without_car(name, variant):
     """Odd (9) and even (8) feature maps; with CAR the feature has min(Cin, F) channels
     (Cin = the width the head's own end conv reads) and the end conv is replaced."""
     plain = _head(name, variant=variant)
-    head = _head(name, variant=variant, use_car=True, car_filters=8)
+    head = _head(name, variant=variant, car=dict(filters=8))
     for size in (9, 8):
         eps = _endpoints(size)
         out_plain = plain(eps, training=False)
@@ -98,7 +98,7 @@ def test_head_shapes_with_and_without_car(name, variant):
     # A projection wider than Cin keeps Cin channels; without the CAR end conv the
     # classifier reads z directly.
     if variant == "car":
-        wide = _head(name, use_car=True, car_filters=1000, car_apply_end_conv=False)
+        wide = _head(name, car=dict(filters=1000, apply_end_conv=False))
         eps = _endpoints(9)
         out = wide(eps, training=False)
         assert out["feature"].shape[-1] == cin
@@ -111,12 +111,14 @@ def test_default_car_settings(name):
     filters, rates = CAR_SETTINGS[name]
     assert head.car_filters == filters
     assert tuple(head.car_pooling_rates) == rates
-    assert head.get_config()["car_pooling_rates"] == list(rates)
+    assert head.get_config()["car"] is None
+    resolved = build_head(name, K, car={}).get_config()["car"]
+    assert (resolved["filters"], resolved["pooling_rates"]) == (filters, list(rates))
 
 
 def test_danet_has_one_car_block_per_branch():
     eps = _endpoints(9)
-    head = _head("danet", use_car=True, car_filters=8)
+    head = _head("danet", car=dict(filters=8))
     out = head(eps)
     assert head.car_cam is not None and head.cam_out_conv is None
     assert [f.shape[-1] for f in out["extra_features"]] == [8]
@@ -131,7 +133,7 @@ def test_fcn_aux_head():
     assert head.conv.kernel_size == 3 and head.conv.filters == 8
     assert head.dropout_rate == 0.1
     with pytest.raises(ValueError, match="never takes CAR"):
-        build_head("fcn_aux", K, use_car=True)
+        build_head("fcn_aux", K, car={})
 
 
 def test_variant_and_endpoint_errors():

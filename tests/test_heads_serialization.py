@@ -12,7 +12,7 @@ from test_heads import K, MAIN_HEADS, _endpoints, _head, _model
 @pytest.mark.parametrize("name", MAIN_HEADS + ["fcn_aux"])
 def test_head_keras_round_trip(tmp_path, name):
     use_car = name != "fcn_aux"
-    extra = dict(use_car=True, car_filters=8) if use_car else {}
+    extra = dict(car=dict(filters=8)) if use_car else {}
     model = _model(_head(name, **extra) if name != "fcn_aux" else build_head(name, K, channels=8))
     rng = np.random.default_rng(3)
     for w in model.weights:

@@ -21,8 +21,8 @@ ZERO_GRAD_OK = ("key_conv/bias",)
 @pytest.mark.parametrize("name", MAIN_HEADS + ["fcn_aux"])
 def test_gradient_reaches_every_trainable_weight(name):
     use_car = name != "fcn_aux"
-    head = build_head(name, K, **OPTIONS.get(name, {"channels": 8}), use_car=use_car,
-                      **({"car_filters": 8} if use_car else {}))
+    head = build_head(name, K, **OPTIONS.get(name, {"channels": 8}),
+                      car=dict(filters=8) if use_car else None)
     eps = _endpoints(8, seed=4)
     head(eps)
     rng = np.random.default_rng(5)
@@ -55,7 +55,7 @@ from iseg.heads import build_head
 from iseg.layers import adaptive_avg_pool2d
 rng = np.random.default_rng(0)
 x = rng.normal(size=(2, 7, 7, 12)).astype("float32")
-head = build_head("ccnet", 5, channels=16, use_car=True, car_filters=8)
+head = build_head("ccnet", 5, channels=16, car=dict(filters=8))
 out = head({"c5": x}, training=False)
 assert out["logits"].shape == (2, 7, 7, 5) and out["feature"].shape == (2, 7, 7, 8)
 assert np.isfinite(np.asarray(out["logits"])).all()
@@ -73,7 +73,7 @@ print("JAX-OK", keras.backend.backend())
 
 @pytest.mark.parametrize("name", ["nl", "ocr", "upernet", "danet", "ccnet"])
 def test_heads_under_mixed_precision(name):
-    head = _head(name, use_car=True, car_filters=8, dtype="mixed_float16")
+    head = _head(name, car=dict(filters=8), dtype="mixed_float16")
     out = head(_endpoints(9), training=True)
     assert keras.backend.standardize_dtype(out["logits"].dtype) == "float16"
     for t in tf.nest.flatten(out):

@@ -30,7 +30,7 @@ def test_registered_and_rates():
 @pytest.mark.parametrize("separable", [False, True])
 def test_shapes(use_car, separable):
     eps = endpoints()
-    head = build_head("ksac", 3, use_car=use_car, car_filters=4, separable=separable,
+    head = build_head("ksac", 3, car=dict(filters=4) if use_car else None, separable=separable,
                       rates=(1, 2), **SMALL)
     out = head(eps, training=True)
     assert out["logits"].shape == (2, 17, 17, 3)  # c2 (OS4) resolution
@@ -44,7 +44,7 @@ def test_shapes(use_car, separable):
 def test_round_trip(tmp_path):
     eps = endpoints(1)
     inputs = {k: keras.Input(v.shape[1:], name=k) for k, v in eps.items()}
-    head = build_head("ksac", 3, use_car=True, car_filters=4, fusion="sum", rates=(1, 2), **SMALL)
+    head = build_head("ksac", 3, car=dict(filters=4), fusion="sum", rates=(1, 2), **SMALL)
     model = keras.Model(inputs, head(inputs)["logits"])
     path = tmp_path / "ksac_head.keras"
     model.save(path)

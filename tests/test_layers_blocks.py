@@ -1,4 +1,4 @@
-"""ASPP, PPM, FPN: structure and values; `.keras` round trip of every layer of this group."""
+"""ASPP, PPM, FPN, the DeepLabV3+ low-level fusion: structure and values; `.keras` round trip of every layer of this group."""
 
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ from iseg.layers import (
     PPM,
     ChannelAttention,
     CrissCrossAttention,
+    LowLevelFusion,
     NonLocal2d,
     ObjectContext,
     PositionAttention,
@@ -97,6 +98,23 @@ def test_fpn_top_down_matches_manual():
         FPN(4, process_top=False)([feats[0], _x((5, 5), 3)])
 
 
+@pytest.mark.parametrize("separable,num_convs", [(False, 1), (True, 1), (False, 2)])
+def test_low_level_fusion_matches_manual(separable, num_convs):
+    x, low = _x((5, 5), 6), _x((17, 17), 3)
+    layer = LowLevelFusion(4, low_level_filters=2, separable=separable, align_corners=True,
+                           num_convs=num_convs)
+    out = layer([x, low], training=False).numpy()
+    assert out.shape == (2, 17, 17, 4)
+    projected = layer.low_level_conv(low, training=False)
+    up = iops.resize(x, (17, 17), "bilinear", True)
+    want = np.concatenate([up, projected], -1)
+    for conv in layer.decoder_convs:
+        want = conv(want, training=False).numpy()
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    assert len(layer.decoder_convs) == num_convs
+    assert isinstance(layer.decoder_convs[0], SeparableConvBNAct) == separable
+
+
 def _single_input_layers():
     return [
         ASPP(4, rates=(2, 3)),
@@ -132,7 +150,8 @@ def test_multi_input_layers_keras_round_trip(tmp_path):
     logits = keras.Input((None, None, 5))
     fpn_out = FPN(4, process_top=False)([c2, c3, c5])
     ctx = ObjectContext(key_filters=4)([c5, logits])
-    model = keras.Model([c2, c3, c5, logits], fpn_out + [ctx])
+    fused = LowLevelFusion(4, low_level_filters=2, separable=True)([c5, c2])
+    model = keras.Model([c2, c3, c5, logits], fpn_out + [ctx, fused])
     data = [_x((17, 17), 3), _x((9, 9), 5), _x((9, 9), 4), _x((9, 9), 5)]
     path = tmp_path / "multi.keras"
     model.save(path)

@@ -97,9 +97,9 @@ def test_keras_round_trip(tmp_path):
 def test_car_terms_match_functional_losses_and_train():
     from iseg.losses.car import car_multi_rate_losses
 
-    head = ToyHead(3, use_car=True, car_filters=4, car_pooling_rates=(1, 2))
-    model = SegmentationModel(toy_backbone(), head, num_classes=3, aux_weight=0,
-                              car={"intra_loss_rate": 2.0, "inter_loss_rate": 0.5})
+    head = ToyHead(3, car=dict(filters=4, pooling_rates=(1, 2), intra_loss_rate=2.0,
+                               inter_loss_rate=0.5))
+    model = SegmentationModel(toy_backbone(), head, num_classes=3, aux_weight=0)
     model.build((None, None, None, 3))
     x, y = batch()
     out = model(x, training=True)
@@ -118,9 +118,8 @@ def test_car_terms_match_functional_losses_and_train():
 
 
 def test_car_ema_centres_are_model_state(tmp_path):
-    head = ToyHead(3, use_car=True, car_filters=4)
-    model = SegmentationModel(toy_backbone(), head, num_classes=3, aux_weight=0,
-                              car={"use_ema_centers": True, "ema_decay": 0.5})
+    head = ToyHead(3, car=dict(filters=4, use_ema_centers=True, ema_decay=0.5))
+    model = SegmentationModel(toy_backbone(), head, num_classes=3, aux_weight=0)
     model.build((None, None, None, 3))
     (buffer,) = model.car_loss.ema_centers
     assert any(w is buffer for w in model.non_trainable_weights) and tuple(buffer.shape) == (3, 4)

@@ -21,7 +21,7 @@ from iseg.models import build_model_from_name
 def build():
     keras.utils.set_random_seed(0)
     return build_model_from_name(
-        "fcn_resnet50_d8_car", 3, aux_options=dict(channels=4), head_options=dict(channels=8),
+        "fcn_resnet50_d8", 3, car={}, aux_options=dict(channels=4), head_options=dict(channels=8),
         backbone_options=dict(depths=(1, 1, 1, 1), widths=(4, 4, 8, 8), stem_width=8))
 
 rng = np.random.default_rng(0)

@@ -56,13 +56,12 @@ def test_every_head_has_tiny_options():
 @pytest.mark.parametrize("head", HEAD_NAMES)
 @pytest.mark.parametrize("car", [False, True])
 def test_head_in_model_shapes_terms_and_gradients(head, car):
-    name = f"{head}_resnet50_d8" + ("_car" if car else "")
     if car and head in NO_CAR:
         with pytest.raises(ValueError, match=f"{head}: CAR is not supported"):
-            tiny(name)
+            tiny(f"{head}_resnet50_d8", car={})
         return
+    model = tiny(f"{head}_resnet50_d8", **({"car": {}} if car else {}))
     car = car or head in CAR_ALWAYS
-    model = tiny(name)
     # odd and even sizes (the CAR variant shares the body: one size is enough there)
     for size in [(32, 32), (33, 33)][car:]:
         x, y = batch(size)
@@ -91,13 +90,14 @@ def test_head_in_model_shapes_terms_and_gradients(head, car):
 
 
 def test_round_trip_keeps_car_and_aux(tmp_path):
-    model = tiny("nl_resnet50_d8_car", aux_weight=0.2)
+    model = tiny("nl_resnet50_d8", car={}, aux_weight=0.2)
     x, _ = batch((33, 33))
     path = tmp_path / "nl.keras"
     model.save(path)
     restored = keras.saving.load_model(path)
     np.testing.assert_allclose(np.asarray(restored(x)), np.asarray(model(x)), atol=1e-5)
-    assert restored.car == {} and restored.aux_weight == pytest.approx(0.2)
+    assert restored.car == model.car and restored.car.pooling_rates == (1,)
+    assert restored.aux_weight == pytest.approx(0.2)
     assert len(restored.weights) == len(model.weights)
 
 

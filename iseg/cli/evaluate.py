@@ -19,7 +19,7 @@ PROGRAM = "iseg.cli.evaluate"
 #: The config fields that decide the network (the weight file only decides it through the
 #: layout recorded in run_config.json).
 MODEL_FIELDS = ("model", "head", "backbone", "backbone_options", "head_options", "aux_weight",
-                "car", "car_options", "sar", "sar_options")
+                "aux_options", "car", "car_options", "sar", "sar_options")
 
 
 def _recorded_model(cfg, run_dir):

@@ -286,7 +286,8 @@ def config_from_flags(argv):
         values["eval_crop_size"] = _ints(values["eval_crop_size"], "eval_crop_size")
     if "eval_scales" in values:
         values["eval_scales"] = tuple(float(s) for s in values["eval_scales"])
-    for name in ("backbone_options", "head_options", "car_options", "sar_options"):
+    for name in ("backbone_options", "head_options", "aux_options", "car_options",
+                 "sar_options"):
         if name in values:
             values[name] = parse_options(values[name], name)
     values["data_dir"] = resolved_data_dir()

@@ -1,9 +1,5 @@
 """Small helpers shared by the heads."""
 
-from keras import ops
-
-from iseg.ops import resize, spatial_shape
-
 VARIANTS = ("car", "mmseg")
 
 
@@ -25,14 +21,3 @@ def endpoint(endpoints, key, head):
             f"{head} reads the backbone endpoint {key!r}, but the endpoints are "
             f"{sorted(endpoints)}"
         ) from None
-
-
-def fuse_low_level(head, x, endpoints, head_name, training=None):
-    """The DeepLabV3+ decoder step (DeepLabV3+ and KSAC heads): project the low-level
-    endpoint with `head.low_level_conv`, upsample `x` to it (bilinear, `head.align_corners`),
-    concatenate and fuse with `head.decoder_conv`."""
-    low = head.low_level_conv(
-        endpoint(endpoints, head.low_level_key, head_name), training=training
-    )
-    x = resize(x, spatial_shape(low), "bilinear", head.align_corners)
-    return head.decoder_conv(ops.concatenate([x, low], axis=-1), training=training)

@@ -4,9 +4,10 @@ A head is a Keras layer called on the backbone's endpoint dict
 (`{"stem", "c2", "c3", "c4", "c5"}`) that returns a dict:
 
 - `"logits"`: `[N, h, w, num_classes]` at the head's own resolution (the model upsamples);
-- `"feature"`: the tensor CAR reads. With `use_car=True` this is the CAR block's linear
-  projection `z`, and the CAR block's end conv replaces the head's own second-to-last conv
-  ("end conv"); without CAR it is the input of the end conv;
+- `"feature"`: the tensor CAR reads. With CAR (`car=` options, see
+  `iseg.losses.car.CAROptions`) this is the CAR block's linear projection `z`, and the CAR
+  block's end conv replaces the head's own second-to-last conv ("end conv"); without CAR
+  it is the input of the end conv;
 - `"classifier_input"`: the tensor fed to dropout -> classifier (what SAR reads).
 
 Subclasses build their body in `__init__`, pass their own end conv to `_init_end`, and
@@ -16,10 +17,11 @@ finish `call` with `return self._classify(x, training)`.
 import keras
 
 from iseg.layers.car import CARBlock
+from iseg.losses.car import CAROptions
 
 
 class Head(keras.layers.Layer):
-    #: CAR settings per head (METHODS.md 2(b) table); subclasses override.
+    #: Default CAR settings per head (METHODS.md 2(b) table); subclasses override.
     car_filters = 512
     car_pooling_rates = (1,)
     #: zoo names `<head>_<backbone>` turn CAR on for heads designed around it (CARD).
@@ -31,10 +33,8 @@ class Head(keras.layers.Layer):
         dropout=0.1,
         bn_momentum=0.9,
         bn_epsilon=1e-5,
-        use_car=False,
-        car_filters=None,
-        car_pooling_rates=None,
-        car_apply_end_conv=True,
+        kernel_initializer="he_normal",
+        car=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -42,12 +42,9 @@ class Head(keras.layers.Layer):
         self.dropout_rate = dropout
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
-        self.use_car = use_car
-        if car_filters is not None:
-            self.car_filters = car_filters
-        if car_pooling_rates is not None:
-            self.car_pooling_rates = tuple(car_pooling_rates)
-        self.car_apply_end_conv = car_apply_end_conv
+        self.kernel_initializer = kernel_initializer
+        car = CAROptions.create(car)
+        self.car_options = None if car is None else car.for_head(self)
         self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
         self.classifier = keras.layers.Conv2D(
             num_classes, 1, use_bias=True, dtype=self.dtype_policy, name="classifier"
@@ -55,19 +52,32 @@ class Head(keras.layers.Layer):
 
     @property
     def norm_kwargs(self):
-        """BN settings to forward to every ConvBNAct of the head."""
-        return dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
+        """BN settings and conv kernel initializer forwarded to every ConvBNAct-based layer
+        of the head (the CAR block's end conv included)."""
+        return dict(
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
+            kernel_initializer=self.kernel_initializer,
+        )
+
+    @property
+    def use_car(self):
+        return self.car_options is not None
+
+    def car_block(self, name="car"):
+        """A CAR block with this head's CAR options and BN settings."""
+        return CARBlock(
+            self.car_options.filters,
+            apply_end_conv=self.car_options.apply_end_conv,
+            dtype=self.dtype_policy,
+            name=name,
+            **self.norm_kwargs,
+        )
 
     def _init_end(self, end_conv):
         """Register the head's own end conv; CAR's block replaces it when `use_car`."""
         if self.use_car:
-            self.car = CARBlock(
-                self.car_filters,
-                apply_end_conv=self.car_apply_end_conv,
-                dtype=self.dtype_policy,
-                name="car",
-                **self.norm_kwargs,
-            )
+            self.car = self.car_block()
             self.end_conv = None
         else:
             self.car = None
@@ -106,9 +116,7 @@ class Head(keras.layers.Layer):
             dropout=self.dropout_rate,
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
-            use_car=self.use_car,
-            car_filters=self.car_filters,
-            car_pooling_rates=list(self.car_pooling_rates),
-            car_apply_end_conv=self.car_apply_end_conv,
+            kernel_initializer=self.kernel_initializer,
+            car=None if self.car_options is None else self.car_options.to_dict(),
         )
         return config

@@ -6,7 +6,9 @@
       -> end ConvBNAct(256, 1x1) -> dropout(0.1) -> classifier.
 
 With JPU the image-level branch reads the JPU output (the feature that replaces c5). The
-auxiliary head is the model's (`aux_weight`), as for the other heads.
+auxiliary head is the model's (`aux_weight`), as for the other heads; the head also returns
+its input (c5 or the JPU output) as `"head_input"`, which an aux head with
+`in_key="head_input"` reads (the CAR and CAA code's aux head).
 """
 
 import keras
@@ -92,7 +94,7 @@ class CAAHead(Head):
         y = self.entry_conv(x, training=training)
         y = self.caa_conv(self.caa(y, training=training), training=training)
         y = ops.concatenate([y, self.image_level(x, training=training)], axis=-1)
-        return self._classify(y, training)
+        return dict(self._classify(y, training), head_input=x)
 
     def get_config(self):
         config = super().get_config()

@@ -15,10 +15,10 @@ CAR the decoder output goes straight to the classifier.
 
 import keras
 
-from iseg.heads._util import endpoint, fuse_low_level
+from iseg.heads._util import endpoint
 from iseg.heads.base import Head
 from iseg.heads.registry import HEADS
-from iseg.layers.conv_bn_act import ConvBNAct
+from iseg.layers.aspp import LowLevelFusion
 from iseg.layers.multihead_axial_attention import ContextModule
 
 
@@ -65,19 +65,16 @@ class CARDHead(Head):
         self.token_mixer = ContextModule(
             channels, mixer=mixer, num_heads=num_heads, name="token_mixer", **norm
         )
-        self.low_level_conv = ConvBNAct(low_level_channels, 1, name="low_level_conv", **norm)
-        self.decoder_conv = keras.Sequential(
-            [
-                ConvBNAct(decoder_channels, 3, name=f"decoder_conv{i}", **norm)
-                for i in range(2)
-            ],
-            name="decoder",
+        self.decoder = LowLevelFusion(
+            decoder_channels, low_level_channels, num_convs=2, align_corners=align_corners,
+            name="decoder", **norm,
         )
         self._init_end(None)
 
     def call(self, endpoints, training=None):
         x = self.token_mixer(endpoint(endpoints, self.in_key, "card"), training=training)
-        x = fuse_low_level(self, x, endpoints, "card", training)
+        low = endpoint(endpoints, self.low_level_key, "card")
+        x = self.decoder([x, low], training=training)
         return self._classify(x, training)
 
     def get_config(self):

@@ -20,7 +20,6 @@ import keras
 from iseg.heads._util import check_variant, endpoint
 from iseg.heads.base import Head
 from iseg.heads.registry import HEADS
-from iseg.layers.car import CARBlock
 from iseg.layers.conv_bn_act import ConvBNAct
 from iseg.layers.danet import ChannelAttention, PositionAttention
 
@@ -55,9 +54,7 @@ class DANetHead(Head):
         )
         self._init_end(ConvBNAct(channels, 3, name="pam_out_conv", **norm))
         if self.use_car:
-            self.car_cam = CARBlock(
-                self.car_filters, apply_end_conv=self.car_apply_end_conv, name="car_cam", **norm
-            )
+            self.car_cam = self.car_block("car_cam")
             self.cam_out_conv = None
         else:
             self.car_cam = None

@@ -17,12 +17,11 @@ like UPerNet (also OS4) the CAR losses are pooled at rate 2 by default.
 
 import keras
 
-from iseg.heads._util import check_variant, endpoint, fuse_low_level
+from iseg.heads._util import check_variant, endpoint
 from iseg.heads.base import Head
 from iseg.heads.deeplabv3 import aspp_rates
 from iseg.heads.registry import HEADS
-from iseg.layers.aspp import ASPP, SeparableConvBNAct
-from iseg.layers.conv_bn_act import ConvBNAct
+from iseg.layers.aspp import ASPP, LowLevelFusion, SeparableConvBNAct
 
 
 @HEADS.register("deeplabv3plus")
@@ -73,13 +72,16 @@ class DeepLabV3PlusHead(Head):
             name="aspp",
             **norm,
         )
-        self.low_level_conv = ConvBNAct(low_level_channels, 1, name="low_level_conv", **norm)
-        self.decoder_conv = SeparableConvBNAct(self.channels, 3, name="decoder_conv", **norm)
+        self.decoder = LowLevelFusion(
+            self.channels, low_level_channels, separable=True,
+            align_corners=self.align_corners, name="decoder", **norm,
+        )
         self._init_end(SeparableConvBNAct(self.channels, 3, name="end_conv", **norm))
 
     def call(self, endpoints, training=None):
         x = self.aspp(endpoint(endpoints, self.in_key, "deeplabv3plus"), training=training)
-        x = fuse_low_level(self, x, endpoints, "deeplabv3plus", training)
+        low = endpoint(endpoints, self.low_level_key, "deeplabv3plus")
+        x = self.decoder([x, low], training=training)
         return self._classify(x, training)
 
     def get_config(self):

@@ -97,11 +97,12 @@ class FCNHead(Head):
 class FCNAuxHead(Head):
     """Auxiliary FCN head (mmseg aux head, loss weight 0.4 in the model):
     `endpoints[in_key]` (c4) -> ConvBNAct(channels=256, 3x3) -> Dropout -> classifier.
-    Returns `{"logits"}` only; it is never given CAR."""
+    `in_key="head_input"` reads the feature the main head consumed (heads that return it,
+    e.g. CAA: c5 or its JPU output). Returns `{"logits"}` only; it is never given CAR."""
 
     def __init__(self, num_classes, channels=256, in_key="c4", **kwargs):
-        if kwargs.get("use_car"):
-            raise ValueError("fcn_aux: the auxiliary head never takes CAR (use_car=True given)")
+        if kwargs.get("car") is not None:
+            raise ValueError("fcn_aux: the auxiliary head never takes CAR (car= given)")
         super().__init__(num_classes, **kwargs)
         self.channels = channels
         self.in_key = in_key

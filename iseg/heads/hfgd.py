@@ -58,8 +58,8 @@ class HFGDHead(Head):
         stem_key="stem",
         **kwargs,
     ):
-        if kwargs.get("use_car"):
-            raise ValueError("hfgd: CAR is not supported on the HFGD head (use_car=True given)")
+        if kwargs.get("car") is not None:
+            raise ValueError("hfgd: CAR is not supported on the HFGD head (car= given)")
         super().__init__(num_classes, **kwargs)
         if output_stride not in (2, 4):
             raise ValueError(f"hfgd: output_stride must be 2 or 4, got {output_stride!r}")

@@ -11,10 +11,10 @@
 
 import keras
 
-from iseg.heads._util import endpoint, fuse_low_level
+from iseg.heads._util import endpoint
 from iseg.heads.base import Head
 from iseg.heads.registry import HEADS
-from iseg.layers.aspp import SeparableConvBNAct
+from iseg.layers.aspp import LowLevelFusion, SeparableConvBNAct
 from iseg.layers.conv_bn_act import ConvBNAct
 from iseg.layers.ksac import KernelSharingASPP
 
@@ -76,14 +76,17 @@ class KSACHead(Head):
         self.ksac = KernelSharingASPP(
             channels, self.rates, fusion=fusion, dropout=ksac_dropout, name="ksac", **norm
         )
-        self.low_level_conv = ConvBNAct(low_level_channels, 1, name="low_level_conv", **norm)
+        self.decoder = LowLevelFusion(
+            channels, low_level_channels, separable=separable, align_corners=align_corners,
+            name="decoder", **norm,
+        )
         conv = SeparableConvBNAct if separable else ConvBNAct
-        self.decoder_conv = conv(channels, 3, name="decoder_conv", **norm)
         self._init_end(conv(channels, 3, name="end_conv", **norm))
 
     def call(self, endpoints, training=None):
         x = self.ksac(endpoint(endpoints, self.in_key, "ksac"), training=training)
-        x = fuse_low_level(self, x, endpoints, "ksac", training)
+        low = endpoint(endpoints, self.low_level_key, "ksac")
+        x = self.decoder([x, low], training=training)
         return self._classify(x, training)
 
     def get_config(self):

@@ -59,7 +59,11 @@ class SelfAttentionHead(Head):
             )
             self.post_conv = None
         else:
-            self.attention = NonLocal2d(reduction, name="attention", **norm)
+            # mmseg's own initialisation (normal 0.01) for the non-local convs
+            self.attention = NonLocal2d(
+                reduction, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                dtype=self.dtype_policy, name="attention",
+            )
             self.post_conv = ConvBNAct(channels, 3, name="post_conv", **norm)
         self._init_end(ConvBNAct(channels, 3, name="end_conv", **norm))
 

@@ -1,7 +1,7 @@
 """Reusable Keras 3 layers (keras.ops only): usable in any Keras model on any backend."""
 
-from iseg.layers.conv_bn_act import ConvBNAct, ImageLevel
-from iseg.layers.aspp import ASPP, SeparableConvBNAct
+from iseg.layers.conv_bn_act import ConvBlock, ConvBNAct, ImageLevel
+from iseg.layers.aspp import ASPP, LowLevelFusion, SeparableConvBNAct
 from iseg.layers.ccnet import CrissCrossAttention
 from iseg.layers.danet import ChannelAttention, PositionAttention
 from iseg.layers.fpn import FPN, SemanticFPN

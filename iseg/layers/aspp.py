@@ -7,16 +7,19 @@ each atrous branch is depthwise-separable (dilated depthwise 3x3 + BN + ReLU, th
 1x1 + BN + ReLU), as in mmseg's DepthwiseSeparableASPPHead. An optional projection
 ConvBNAct fuses the concatenation (mmseg: 3x3, 512; TF DeepLab: 1x1, 256); without it the
 layer returns the concatenation itself (the CAR TF code's DeepLabV3, 5 x 256 = 1280 ch).
+
+`LowLevelFusion` is the DeepLabV3+ decoder step shared by the DeepLabV3+ and KSAC heads.
 """
 
 import keras
 from keras import ops
 
-from iseg.layers.conv_bn_act import ConvBNAct, ImageLevel
+from iseg.layers.conv_bn_act import ConvBlock, ConvBNAct, ImageLevel
+from iseg.ops import resize, spatial_shape
 
 
 @keras.saving.register_keras_serializable(package="iseg")
-class SeparableConvBNAct(keras.layers.Layer):
+class SeparableConvBNAct(ConvBlock):
     """Depthwise ConvBNAct(k x k, dilation) -> pointwise ConvBNAct(filters, 1x1)."""
 
     def __init__(
@@ -24,17 +27,13 @@ class SeparableConvBNAct(keras.layers.Layer):
         filters,
         kernel_size=3,
         dilation_rate=1,
-        bn_momentum=0.9,
-        bn_epsilon=1e-5,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.filters = filters
         self.kernel_size = kernel_size
         self.dilation_rate = dilation_rate
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
-        norm = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=self.dtype_policy)
+        norm = self.conv_options
         self.depthwise = ConvBNAct(
             None, kernel_size, dilation_rate=dilation_rate, depthwise=True,
             name="depthwise", **norm,
@@ -58,14 +57,12 @@ class SeparableConvBNAct(keras.layers.Layer):
             filters=self.filters,
             kernel_size=self.kernel_size,
             dilation_rate=self.dilation_rate,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
         )
         return config
 
 
 @keras.saving.register_keras_serializable(package="iseg")
-class ASPP(keras.layers.Layer):
+class ASPP(ConvBlock):
     """Atrous spatial pyramid pooling.
 
     Branch order in the concatenation: [image pooling, 1x1, atrous rates...].
@@ -90,8 +87,6 @@ class ASPP(keras.layers.Layer):
         separable=False,
         projection_filters=None,
         projection_kernel_size=1,
-        bn_momentum=0.9,
-        bn_epsilon=1e-5,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -102,11 +97,9 @@ class ASPP(keras.layers.Layer):
         self.separable = separable
         self.projection_filters = projection_filters
         self.projection_kernel_size = projection_kernel_size
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
         if not (image_pooling or pixel_level or self.rates):
             raise ValueError("ASPP needs at least one branch (image_pooling, pixel_level, rates)")
-        norm = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=self.dtype_policy)
+        norm = self.conv_options
         self.image_branch = ImageLevel(filters, name="image_pooling", **norm) if image_pooling else None
         self.pixel_branch = ConvBNAct(filters, 1, name="conv_1x1", **norm) if pixel_level else None
         self.atrous_branches = []
@@ -159,7 +152,67 @@ class ASPP(keras.layers.Layer):
             separable=self.separable,
             projection_filters=self.projection_filters,
             projection_kernel_size=self.projection_kernel_size,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="iseg")
+class LowLevelFusion(ConvBlock):
+    """The DeepLabV3+ decoder step: `layer([x, low])` projects the low-level feature with
+    ConvBNAct(low_level_filters, 1x1), upsamples `x` to its size (bilinear,
+    `align_corners`), concatenates `[x, low]` and fuses them with `num_convs` 3x3
+    ConvBNAct(filters) (depthwise-separable with `separable=True`)."""
+
+    def __init__(
+        self,
+        filters,
+        low_level_filters=48,
+        separable=False,
+        align_corners=True,
+        num_convs=1,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.low_level_filters = low_level_filters
+        self.separable = separable
+        self.num_convs = int(num_convs)
+        self.align_corners = align_corners
+        norm = self.conv_options
+        self.low_level_conv = ConvBNAct(low_level_filters, 1, name="low_level_conv", **norm)
+        conv = SeparableConvBNAct if separable else ConvBNAct
+        self.decoder_convs = [
+            conv(filters, 3, name=f"decoder_conv{i}", **norm) for i in range(self.num_convs)
+        ]
+
+    def build(self, input_shape):
+        x_shape, low_shape = (tuple(s) for s in input_shape)
+        self.low_level_conv.build(low_shape)
+        channels = x_shape[-1] + self.low_level_filters
+        for conv in self.decoder_convs:
+            conv.build(low_shape[:-1] + (channels,))
+            channels = self.filters
+        self.built = True
+
+    def call(self, inputs, training=None):
+        x, low = inputs
+        low = self.low_level_conv(low, training=training)
+        x = resize(x, spatial_shape(low), "bilinear", self.align_corners)
+        y = ops.concatenate([x, low], axis=-1)
+        for conv in self.decoder_convs:
+            y = conv(y, training=training)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[1][:-1]) + (self.filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            low_level_filters=self.low_level_filters,
+            separable=self.separable,
+            align_corners=self.align_corners,
+            num_convs=self.num_convs,
         )
         return config

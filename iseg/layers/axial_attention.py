@@ -18,7 +18,7 @@ Two numerically equivalent forms:
 import keras
 from keras import ops
 
-from iseg.layers.conv_bn_act import ConvBNAct
+from iseg.layers.conv_bn_act import ConvBlock, ConvBNAct
 
 
 @keras.saving.register_keras_serializable(package="iseg")
@@ -66,7 +66,7 @@ def _softmax_attention(query, equation, dtype):
 
 
 @keras.saving.register_keras_serializable(package="iseg")
-class ChannelizedAxialAttention(keras.layers.Layer):
+class ChannelizedAxialAttention(ConvBlock):
     """Channelized axial attention block: `[N, H, W, Cin] -> [N, H, W, filters]`.
 
     Args:
@@ -86,8 +86,6 @@ class ChannelizedAxialAttention(keras.layers.Layer):
         mlp_hidden=None,
         mlp_layers=5,
         group_size=None,
-        bn_momentum=0.9,
-        bn_epsilon=1e-5,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -98,9 +96,7 @@ class ChannelizedAxialAttention(keras.layers.Layer):
         self.mlp_hidden = mlp_hidden
         self.mlp_layers = mlp_layers
         self.group_size = group_size
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
-        norm = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=self.dtype_policy)
+        norm = self.conv_options
         self.query_col = ConvBNAct(guide_filters, 1, name="query_col", **norm)
         self.query_row = ConvBNAct(guide_filters, 1, name="query_row", **norm)
         self.value = ConvBNAct(filters, 1, name="value", **norm)
@@ -173,7 +169,5 @@ class ChannelizedAxialAttention(keras.layers.Layer):
             mlp_hidden=self.mlp_hidden,
             mlp_layers=self.mlp_layers,
             group_size=self.group_size,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
         )
         return config

@@ -9,22 +9,23 @@ conv. The losses themselves live in `iseg.losses.car` and are computed by the mo
 
 import keras
 
-from iseg.layers.conv_bn_act import ConvBNAct
+from iseg.layers.conv_bn_act import ConvBlock, ConvBNAct
 
 
 @keras.saving.register_keras_serializable(package="iseg")
-class CARBlock(keras.layers.Layer):
+class CARBlock(ConvBlock):
     """Returns `(out, z)`: `z` the projected feature the CAR losses read, `out` what the
     head classifies (`z` itself when `apply_end_conv=False`)."""
 
     def __init__(
-        self, filters=512, apply_end_conv=True, bn_momentum=0.9, bn_epsilon=1e-5, **kwargs
+        self,
+        filters=512,
+        apply_end_conv=True,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.filters = filters
         self.apply_end_conv = apply_end_conv
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
 
     def build(self, input_shape):
         channels = min(int(input_shape[-1]), self.filters)
@@ -37,10 +38,8 @@ class CARBlock(keras.layers.Layer):
             self.end_conv = ConvBNAct(
                 channels,
                 1,
-                bn_momentum=self.bn_momentum,
-                bn_epsilon=self.bn_epsilon,
-                dtype=self.dtype_policy,
                 name="end_conv",
+                **self.conv_options,
             )
             self.end_conv.build(tuple(input_shape[:-1]) + (channels,))
         self.built = True
@@ -59,7 +58,5 @@ class CARBlock(keras.layers.Layer):
         config.update(
             filters=self.filters,
             apply_end_conv=self.apply_end_conv,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
         )
         return config

@@ -104,23 +104,39 @@ class ConvBNAct(keras.layers.Layer):
         return config
 
 
-@keras.saving.register_keras_serializable(package="iseg")
-class ImageLevel(keras.layers.Layer):
-    """Global average pool -> ConvBNAct(filters, 1x1) -> broadcast back to H x W."""
+class ConvBlock(keras.layers.Layer):
+    """Base of the layers built from ConvBNActs: keeps the BN momentum / epsilon and the
+    conv kernel initializer they forward to every ConvBNAct (`conv_options`) and returns
+    them in `get_config`."""
 
-    def __init__(self, filters, bn_momentum=0.9, bn_epsilon=1e-5, **kwargs):
+    def __init__(self, bn_momentum=0.9, bn_epsilon=1e-5, kernel_initializer="he_normal",
+                 **kwargs):
         super().__init__(**kwargs)
-        self.filters = filters
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
-        self.conv = ConvBNAct(
-            filters,
-            1,
-            bn_momentum=bn_momentum,
-            bn_epsilon=bn_epsilon,
-            dtype=self.dtype_policy,
-            name="conv",
-        )
+        self.kernel_initializer = kernel_initializer
+
+    @property
+    def conv_options(self):
+        """Keyword options of `ConvBNAct` (and `ConvBlock`s) built inside this layer."""
+        return dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                    kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                      kernel_initializer=self.kernel_initializer)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="iseg")
+class ImageLevel(ConvBlock):
+    """Global average pool -> ConvBNAct(filters, 1x1) -> broadcast back to H x W."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.conv = ConvBNAct(filters, 1, name="conv", **self.conv_options)
 
     def build(self, input_shape):
         self.conv.build((input_shape[0], 1, 1, input_shape[-1]))
@@ -137,7 +153,5 @@ class ImageLevel(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            filters=self.filters, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon
-        )
+        config.update(filters=self.filters)
         return config

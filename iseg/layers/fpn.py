@@ -2,12 +2,12 @@
 
 import keras
 
-from iseg.layers.conv_bn_act import ConvBNAct
+from iseg.layers.conv_bn_act import ConvBlock, ConvBNAct
 from iseg.ops import resize, spatial_shape
 
 
 @keras.saving.register_keras_serializable(package="iseg")
-class FPN(keras.layers.Layer):
+class FPN(ConvBlock):
     """Called on a list of feature maps ordered fine to coarse (e.g. [c2, c3, c4, c5]);
     returns the list of merged maps in the same order, each with `filters` channels.
 
@@ -27,8 +27,6 @@ class FPN(keras.layers.Layer):
         filters=256,
         process_top=True,
         align_corners=False,
-        bn_momentum=0.9,
-        bn_epsilon=1e-5,
         output_convs=True,
         **kwargs,
     ):
@@ -37,8 +35,6 @@ class FPN(keras.layers.Layer):
         self.process_top = process_top
         self.output_convs_enabled = output_convs
         self.align_corners = align_corners
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
 
     def build(self, input_shape):
         shapes = list(input_shape)
@@ -49,9 +45,7 @@ class FPN(keras.layers.Layer):
                 f"{self.name}: with process_top=False the coarsest input must have "
                 f"{self.filters} channels, got {shapes[-1][-1]}"
             )
-        norm = dict(
-            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype_policy
-        )
+        norm = self.conv_options
         num = len(shapes) if self.process_top else len(shapes) - 1
         self.lateral_convs = []
         self.output_convs = []
@@ -91,15 +85,13 @@ class FPN(keras.layers.Layer):
             filters=self.filters,
             process_top=self.process_top,
             align_corners=self.align_corners,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
             output_convs=self.output_convs_enabled,
         )
         return config
 
 
 @keras.saving.register_keras_serializable(package="iseg")
-class SemanticFPN(keras.layers.Layer):
+class SemanticFPN(ConvBlock):
     """Semantic FPN fusion (the authors' iSeg `SemanticPyramidNetworkBlock_V2`, METHODS.md
     10.4 item 3), called on a list of maps ordered fine to coarse:
 
@@ -108,19 +100,13 @@ class SemanticFPN(keras.layers.Layer):
         size, then ConvBNAct(filters, 1x1).
     """
 
-    def __init__(
-        self, filters=128, align_corners=False, bn_momentum=0.9, bn_epsilon=1e-5, **kwargs
-    ):
+    def __init__(self, filters=128, align_corners=False, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.align_corners = align_corners
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
 
     def build(self, input_shape):
-        norm = dict(
-            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype_policy
-        )
+        norm = self.conv_options
         self.level_convs = []
         for i, shape in enumerate(input_shape):
             convs = []
@@ -152,7 +138,5 @@ class SemanticFPN(keras.layers.Layer):
         config.update(
             filters=self.filters,
             align_corners=self.align_corners,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
         )
         return config

@@ -10,12 +10,12 @@ outputs are concatenated (4 x filters channels).
 import keras
 from keras import ops
 
-from iseg.layers.conv_bn_act import ConvBNAct
+from iseg.layers.conv_bn_act import ConvBlock, ConvBNAct
 from iseg.ops import resize, spatial_shape
 
 
 @keras.saving.register_keras_serializable(package="iseg")
-class JointPyramidUpsampling(keras.layers.Layer):
+class JointPyramidUpsampling(ConvBlock):
     """`[x_os8, x_os16, x_os32, ...] -> [N, H8, W8, filters * len(dilation_rates)]`."""
 
     def __init__(
@@ -24,8 +24,6 @@ class JointPyramidUpsampling(keras.layers.Layer):
         dilation_rates=(1, 2, 4, 8),
         num_inputs=3,
         align_corners=True,
-        bn_momentum=0.9,
-        bn_epsilon=1e-5,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -33,9 +31,7 @@ class JointPyramidUpsampling(keras.layers.Layer):
         self.dilation_rates = tuple(int(d) for d in dilation_rates)
         self.num_inputs = int(num_inputs)
         self.align_corners = align_corners
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
-        norm = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=self.dtype_policy)
+        norm = self.conv_options
         self.input_convs = [
             ConvBNAct(filters, 3, name=f"input_conv{i}", **norm) for i in range(self.num_inputs)
         ]
@@ -87,7 +83,5 @@ class JointPyramidUpsampling(keras.layers.Layer):
             dilation_rates=list(self.dilation_rates),
             num_inputs=self.num_inputs,
             align_corners=self.align_corners,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
         )
         return config

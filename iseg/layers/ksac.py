@@ -11,13 +11,13 @@ the spec (two third-party implementations disagree): `fusion="concat"` (default)
 import keras
 from keras import ops
 
-from iseg.layers.conv_bn_act import ConvBNAct, ImageLevel
+from iseg.layers.conv_bn_act import ConvBlock, ConvBNAct, ImageLevel
 
 FUSIONS = ("concat", "sum")
 
 
 @keras.saving.register_keras_serializable(package="iseg")
-class KernelSharingASPP(keras.layers.Layer):
+class KernelSharingASPP(ConvBlock):
     """Kernel-sharing ASPP: `[N, H, W, Cin] -> [N, H, W, projection_filters]`.
 
     Args:
@@ -39,9 +39,6 @@ class KernelSharingASPP(keras.layers.Layer):
         image_pooling=True,
         pixel_level=True,
         projection_filters=None,
-        bn_momentum=0.9,
-        bn_epsilon=1e-5,
-        kernel_initializer="he_normal",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -56,15 +53,13 @@ class KernelSharingASPP(keras.layers.Layer):
         self.image_pooling = image_pooling
         self.pixel_level = pixel_level
         self.projection_filters = projection_filters
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
-        self.kernel_initializer = kernel_initializer
-        norm = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=self.dtype_policy)
+        norm = self.conv_options
         self.image_branch = ImageLevel(filters, name="image_pooling", **norm) if image_pooling else None
         self.pixel_branch = ConvBNAct(filters, 1, name="conv_1x1", **norm) if pixel_level else None
         self.rate_bns = [
             keras.layers.BatchNormalization(
-                momentum=bn_momentum, epsilon=bn_epsilon, dtype=self.dtype_policy, name=f"bn_rate_{r}"
+                momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype_policy,
+                name=f"bn_rate_{r}",
             )
             for r in self.rates
         ]
@@ -124,8 +119,5 @@ class KernelSharingASPP(keras.layers.Layer):
             image_pooling=self.image_pooling,
             pixel_level=self.pixel_level,
             projection_filters=self.projection_filters,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
-            kernel_initializer=self.kernel_initializer,
         )
         return config

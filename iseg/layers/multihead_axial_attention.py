@@ -14,7 +14,7 @@ import keras
 from keras import ops
 
 from iseg.layers.axial_attention import ChannelizedAxialAttention
-from iseg.layers.conv_bn_act import ConvBNAct, ImageLevel
+from iseg.layers.conv_bn_act import ConvBlock, ConvBNAct, ImageLevel
 from iseg.layers.self_attention import SharedGlorotUniform
 
 MIXERS = ("axial", "caa")
@@ -84,7 +84,7 @@ class MultiHeadAxialAttention(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="iseg")
-class ContextModule(keras.layers.Layer):
+class ContextModule(ConvBlock):
     """Spatial token mixer with an image-level branch [INFERRED design, METHODS.md 3(b), 4(b)]:
 
         p = ConvBNAct(filters, 1x1)(x)
@@ -98,8 +98,6 @@ class ContextModule(keras.layers.Layer):
         filters=512,
         mixer="axial",
         num_heads=4,
-        bn_momentum=0.9,
-        bn_epsilon=1e-5,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -109,9 +107,7 @@ class ContextModule(keras.layers.Layer):
         self.filters = filters
         self.mixer_type = mixer
         self.num_heads = num_heads
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
-        norm = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=self.dtype_policy)
+        norm = self.conv_options
         self.projection = ConvBNAct(filters, 1, name="projection", **norm)
         if mixer == "axial":
             self.mixer = MultiHeadAxialAttention(
@@ -148,7 +144,5 @@ class ContextModule(keras.layers.Layer):
             filters=self.filters,
             mixer=self.mixer_type,
             num_heads=self.num_heads,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
         )
         return config

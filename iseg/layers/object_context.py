@@ -12,7 +12,7 @@
 import keras
 from keras import ops
 
-from iseg.layers.conv_bn_act import ConvBNAct
+from iseg.layers.conv_bn_act import ConvBlock, ConvBNAct
 from iseg.layers.self_attention import dot_product_attention, flatten_hw, unflatten_hw
 from iseg.ops import resize, spatial_shape
 
@@ -44,24 +44,23 @@ class SpatialGather(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="iseg")
-class ObjectAttention(keras.layers.Layer):
+class ObjectAttention(ConvBlock):
     """`[pixels [N,H,W,C], contexts [N,K,C]] -> [N,H,W,out_filters]` (out_filters=None: C)."""
 
     def __init__(
-        self, key_filters=256, out_filters=None, bn_momentum=0.9, bn_epsilon=1e-5, **kwargs
+        self,
+        key_filters=256,
+        out_filters=None,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.key_filters = key_filters
         self.out_filters = out_filters
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
 
     def build(self, input_shape):
         pixel_shape, context_shape = input_shape
         channels = int(pixel_shape[-1])
-        norm = dict(
-            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype_policy
-        )
+        norm = self.conv_options
         kf = self.key_filters
         self.query_convs = [ConvBNAct(kf, 1, name=f"query_{i}", **norm) for i in range(2)]
         self.key_convs = [ConvBNAct(kf, 1, name=f"key_{i}", **norm) for i in range(2)]
@@ -99,14 +98,12 @@ class ObjectAttention(keras.layers.Layer):
         config.update(
             key_filters=self.key_filters,
             out_filters=self.out_filters,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
         )
         return config
 
 
 @keras.saving.register_keras_serializable(package="iseg")
-class ObjectContext(keras.layers.Layer):
+class ObjectContext(ConvBlock):
     """OCR context block: `[pixels, region_logits] -> object-context features` (same width
     as the pixels unless `out_filters` is given). Region logits at another resolution are
     bilinearly resized to the pixels' size first."""
@@ -116,20 +113,15 @@ class ObjectContext(keras.layers.Layer):
         key_filters=256,
         out_filters=None,
         scale=1.0,
-        bn_momentum=0.9,
-        bn_epsilon=1e-5,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.key_filters = key_filters
         self.out_filters = out_filters
         self.scale = scale
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
         self.gather = SpatialGather(scale, dtype=self.dtype_policy, name="gather")
         self.attention = ObjectAttention(
-            key_filters, out_filters, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-            dtype=self.dtype_policy, name="attention",
+            key_filters, out_filters, name="attention", **self.conv_options
         )
 
     def build(self, input_shape):
@@ -152,7 +144,5 @@ class ObjectContext(keras.layers.Layer):
             key_filters=self.key_filters,
             out_filters=self.out_filters,
             scale=self.scale,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
         )
         return config

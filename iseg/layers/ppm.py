@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from iseg.layers.conv_bn_act import ConvBNAct
+from iseg.layers.conv_bn_act import ConvBlock, ConvBNAct
 from iseg.ops import resize, spatial_shape
 
 
@@ -48,7 +48,7 @@ def adaptive_avg_pool2d(x, output_size):
 
 
 @keras.saving.register_keras_serializable(package="iseg")
-class PPM(keras.layers.Layer):
+class PPM(ConvBlock):
     """Pyramid pooling: for each bin size, adaptive-avg-pool -> ConvBNAct -> upsample.
 
     Returns `concat[x, branch_1, ..., branch_n]` (`include_input=True`, the UPerNet usage)
@@ -68,8 +68,6 @@ class PPM(keras.layers.Layer):
         kernel_size=1,
         include_input=True,
         align_corners=False,
-        bn_momentum=0.9,
-        bn_epsilon=1e-5,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -78,12 +76,9 @@ class PPM(keras.layers.Layer):
         self.kernel_size = kernel_size
         self.include_input = include_input
         self.align_corners = align_corners
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
         self.branch_convs = [
             ConvBNAct(
-                filters, kernel_size, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-                dtype=self.dtype_policy, name=f"conv_bin_{b}",
+                filters, kernel_size, name=f"conv_bin_{b}", **self.conv_options
             )
             for b in self.bins
         ]
@@ -116,7 +111,5 @@ class PPM(keras.layers.Layer):
             kernel_size=self.kernel_size,
             include_input=self.include_input,
             align_corners=self.align_corners,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
         )
         return config

@@ -33,6 +33,7 @@ label is treated as ignored (the original used a zero centre for it in the intra
 unless the maximum is tied, where only the gradient split differs).
 """
 
+import dataclasses
 import math
 
 import keras
@@ -207,6 +208,75 @@ def _check_rates(pooling_rates):
     return rates
 
 
+@dataclasses.dataclass(frozen=True)
+class CAROptions:
+    """Every setting of CAR, in one object: given once to `SegmentationModel(car=...)`,
+    which resolves the head-dependent defaults and hands the same object to the head (its
+    CAR block) and to `CARLoss`.
+
+    Head side: `filters` (block width F; None: the head's `car_filters`), `pooling_rates`
+    (None: the head's `car_pooling_rates`), `apply_end_conv`. Loss side: the options of
+    `car_losses` and the EMA centres of `CARLoss`.
+    """
+
+    filters: int = None
+    pooling_rates: tuple = None
+    apply_end_conv: bool = True
+    use_intra: bool = True
+    use_inter_c2c: bool = True
+    use_inter_c2p: bool = True
+    intra_loss_rate: float = 1.0
+    inter_loss_rate: float = 1.0
+    inter_c2c_threshold: float = 0.5
+    inter_c2p_threshold: float = 0.25
+    remove_max: bool = False
+    mask_ignored_c2p: bool = False
+    use_ema_centers: bool = False
+    ema_decay: float = 0.9
+    shared_ema_centers: bool = False
+
+    def __post_init__(self):
+        if self.pooling_rates is not None:
+            object.__setattr__(self, "pooling_rates", _check_rates(self.pooling_rates))
+
+    @classmethod
+    def create(cls, value):
+        """None (no CAR), a `CAROptions`, or a dict of its fields (unknown keys: an error
+        listing the valid ones)."""
+        if value is None or isinstance(value, cls):
+            return value
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ValueError(
+                f"Unknown CAR option(s) {', '.join(unknown)}. Valid CAR options: "
+                f"{', '.join(names)}"
+            )
+        return cls(**value)
+
+    def for_head(self, head):
+        """These options with the head's defaults (class or instance attributes
+        `car_filters`, `car_pooling_rates`) filled in."""
+        return dataclasses.replace(
+            self,
+            filters=self.filters or head.car_filters,
+            pooling_rates=self.pooling_rates or head.car_pooling_rates,
+        )
+
+    def loss_options(self):
+        """Keyword options of `CARLoss` (everything but the block's)."""
+        options = self.to_dict()
+        for key in ("filters", "apply_end_conv"):
+            options.pop(key)
+        return options
+
+    def to_dict(self):
+        options = dataclasses.asdict(self)
+        if options["pooling_rates"] is not None:
+            options["pooling_rates"] = list(options["pooling_rates"])
+        return options
+
+
 def car_multi_rate_losses(
     z, labels, num_classes, pooling_rates=(1,), ignore_label=255, align_corners=True, **options
 ):
@@ -232,6 +302,8 @@ class CARLoss(keras.layers.Layer):
     per pooling rate (float32, Glorot-uniform initialised as the original) is moved towards
     the batch centres of the classes present, `mu_ema += (1 - ema_decay) * (mu - mu_ema)`,
     on every training call, and the losses read the updated buffer (no gradient through it).
+    `shared_ema_centers=True` keeps one buffer for all rates, moved once per rate in the
+    order of `pooling_rates` (the original code's `last_class_center`).
     Call it during training only; it adds nothing at inference.
     """
 
@@ -252,6 +324,7 @@ class CARLoss(keras.layers.Layer):
         mask_ignored_c2p=False,
         use_ema_centers=False,
         ema_decay=0.9,
+        shared_ema_centers=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -271,11 +344,15 @@ class CARLoss(keras.layers.Layer):
         self.mask_ignored_c2p = mask_ignored_c2p
         self.use_ema_centers = use_ema_centers
         self.ema_decay = ema_decay
+        self.shared_ema_centers = shared_ema_centers
 
     def build(self, z_shape, labels_shape=None):
         self.ema_centers = []
         if self.use_ema_centers:
-            for rate in self.pooling_rates:
+            names = ["ema_centers"] if self.shared_ema_centers else [
+                f"ema_centers_rate{rate}" for rate in self.pooling_rates
+            ]
+            for name in names:
                 self.ema_centers.append(
                     self.add_weight(
                         shape=(self.num_classes, int(z_shape[-1])),
@@ -283,7 +360,7 @@ class CARLoss(keras.layers.Layer):
                         dtype="float32",
                         trainable=False,
                         aggregation="only_first_replica",
-                        name=f"ema_centers_rate{rate}",
+                        name=name,
                     )
                 )
         self.built = True
@@ -308,7 +385,10 @@ class CARLoss(keras.layers.Layer):
                 self.align_corners, **self._options()
             )
         total = {}
-        for rate, buffer in zip(self.pooling_rates, self.ema_centers):
+        buffers = self.ema_centers * len(self.pooling_rates) if self.shared_ema_centers else (
+            self.ema_centers
+        )
+        for rate, buffer in zip(self.pooling_rates, buffers):
             pooled = pool_features(z, rate)
             pooled_labels = resize_labels(labels, spatial_shape(pooled), self.align_corners)
             losses, centers = _car_terms(
@@ -332,6 +412,7 @@ class CARLoss(keras.layers.Layer):
             align_corners=self.align_corners,
             use_ema_centers=self.use_ema_centers,
             ema_decay=self.ema_decay,
+            shared_ema_centers=self.shared_ema_centers,
             **self._options(),
         )
         return config

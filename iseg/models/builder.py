@@ -1,9 +1,10 @@
 """`build_model` and the model zoo: named configurations used by configs and the CLI.
 
 A zoo name is either a preset registered in `MODELS` (e.g. `demo_tiny`,
-`caa_convnext_large_jpu`) or any `<head>_<backbone>` pair of registered names, optionally
-followed by `_car` (e.g. `deeplabv3_resnet50_d8`, `nl_resnet50_d8_car`). Heads designed
-around CAR (`car_by_default`: CARD) get it from the plain name (`card_convnext_tiny`).
+`caa_convnext_large_jpu`) or any `<head>_<backbone>` pair of registered names (e.g.
+`deeplabv3_resnet50_d8`). CAR is not part of the name: it is switched on by the model's
+`car` option (`--car`), except that heads designed around CAR (`car_by_default`: CARD)
+have it on by default (`card_convnext_tiny`).
 """
 
 from iseg.models.segmentation_model import SegmentationModel
@@ -55,17 +56,18 @@ def parse_model_name(name):
 
     if name in MODELS:
         return MODELS.get(name)()
-    car = name.endswith("_car")
-    base = name[: -len("_car")] if car else name
     for head in sorted(HEADS.names(), key=len, reverse=True):
-        if base.startswith(head + "_") and base[len(head) + 1 :] in BACKBONES:
-            kwargs = {"head": head, "backbone": base[len(head) + 1 :]}
-            if car or getattr(HEADS.get(head), "car_by_default", False):
+        if name.startswith(head + "_") and name[len(head) + 1 :] in BACKBONES:
+            kwargs = {"head": head, "backbone": name[len(head) + 1 :]}
+            if getattr(HEADS.get(head), "car_by_default", False):
                 kwargs["car"] = {}  # CAR with the published defaults
             return kwargs
+    hint = ""
+    if name.endswith("_car"):
+        hint = f" (CAR is switched on by car= / --car, not by the name: use {name[:-4]!r})"
     raise ValueError(
-        f"Unknown model {name!r}. Valid models: the presets {', '.join(MODELS.names())}, or "
-        f"'<head>_<backbone>[_car]' with head in {{{', '.join(HEADS.names())}}} and backbone "
+        f"Unknown model {name!r}{hint}. Valid models: the presets {', '.join(MODELS.names())}, "
+        f"or '<head>_<backbone>' with head in {{{', '.join(HEADS.names())}}} and backbone "
         f"in {{{', '.join(BACKBONES.names())}}}"
     )
 

@@ -12,20 +12,10 @@ import keras
 from keras import ops
 
 from iseg.distribute import replica_loss
-from iseg.losses.car import CARLoss
+from iseg.losses.car import CARLoss, CAROptions
 from iseg.losses.cross_entropy import pixel_cross_entropy
 from iseg.losses.sar import SARRegularizer, check_sar_options
 from iseg.ops import resize, resize_labels, spatial_shape
-
-#: Options of the CAR dict that configure the head's CAR block rather than the losses.
-CAR_HEAD_OPTIONS = ("filters", "pooling_rates", "apply_end_conv")
-
-
-def _split_car_options(car):
-    car = dict(car or {})
-    head = {f"car_{k}": car.pop(k) for k in CAR_HEAD_OPTIONS if k in car}
-    return head, car
-
 
 @keras.saving.register_keras_serializable(package="iseg")
 class SegmentationModel(keras.Model):
@@ -44,12 +34,14 @@ class SegmentationModel(keras.Model):
         construction; a reloaded model gets its weights from the saved file).
       aux_weight: weight of the auxiliary FCN head on `c4` (0 or None: no aux head). Heads
         that produce their own aux logits (OCR's soft object regions) use this weight too.
-      aux_options: options of the `fcn_aux` head.
+      aux_options: options of the `fcn_aux` head (`in_key="head_input"`: on the feature the
+        head consumed, where the head returns it).
       sar: None (no SAR) or a dict of `iseg.losses.sar.SARRegularizer` options (training
         only; it reads the head's classifier input and classifier).
-      car: None (no CAR) or a dict of CAR options: head-side `filters`, `pooling_rates`,
-        `apply_end_conv`; the rest (loss rates `intra_loss_rate`, `inter_loss_rate`,
-        thresholds, `mask_ignored_c2p`, ...) goes to `iseg.losses.car.car_multi_rate_losses`.
+      car: the one CAR switch: None (no CAR), or a `CAROptions` / dict of its fields (`{}`:
+        the published defaults). Resolved once against the head's defaults and given to the
+        head's CAR block and to `CARLoss`. With a head instance, CAR is the head's own
+        (`Head(car=...)`) and this must stay None.
       ignore_label, class_weights, loss_reduction, ohem: pixel cross-entropy settings
         (`ohem` = dict(thresh=..., min_kept=...)).
       align_corners: resize convention for logits and labels.
@@ -86,7 +78,6 @@ class SegmentationModel(keras.Model):
         self.head_options = dict(head_options or {})
         self.aux_weight = float(aux_weight or 0.0)
         self.aux_options = dict(aux_options or {})
-        self.car = None if car is None else dict(car)
         self.sar = None if sar is None else check_sar_options(sar)
         self.ignore_label = int(ignore_label)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
@@ -114,27 +105,34 @@ class SegmentationModel(keras.Model):
 
         from iseg.heads import build_head
 
-        car_head, car_loss_options = _split_car_options(self.car)
+        car = CAROptions.create(car)
         if isinstance(head, str):
+            from iseg.heads import HEADS
+
             self.head_name = head
-            options = dict(self.head_options)
-            if self.car is not None:
-                options.update(use_car=True, **car_head)
-            self.head = build_head(head, self.num_classes, **options)
+            if car is not None:
+                car = car.for_head(HEADS.get(head))
+            self.head = build_head(head, self.num_classes, car=car, **self.head_options)
         else:
+            if car is not None:
+                raise ValueError(
+                    "car= applies to a named head; give a head instance its CAR options "
+                    "itself (Head(car=...))"
+                )
             self.head_name = None
             self.head = head
+            car = getattr(head, "car_options", None)
+        self.car = car
         self.car_loss = None
-        if self.car is not None:
+        if car is not None:
             # float32 whatever the dtype policy: CAR is computed in full precision.
             self.car_loss = CARLoss(
                 self.num_classes,
                 ignore_label=self.ignore_label,
-                pooling_rates=self.head.car_pooling_rates,
                 align_corners=self.align_corners,
                 dtype="float32",
                 name="car_loss",
-                **car_loss_options,
+                **car.loss_options(),
             )
         self.sar_loss = None
         if self.sar is not None:
@@ -195,6 +193,8 @@ class SegmentationModel(keras.Model):
         if "aux_logits" in out:
             result["aux_logits"] = self._upsample(out["aux_logits"], size)
         elif self.aux_head is not None:
+            if "head_input" in out:
+                endpoints = {**endpoints, "head_input": out["head_input"]}
             aux = self.aux_head(endpoints, training=training)["logits"]
             result["aux_logits"] = self._upsample(aux, size)
         return result
@@ -274,7 +274,7 @@ class SegmentationModel(keras.Model):
             head_options=self.head_options,
             aux_weight=self.aux_weight,
             aux_options=self.aux_options,
-            car=self.car,
+            car=None if self.car is None or self.head_name is None else self.car.to_dict(),
             sar=self.sar,
             ignore_label=self.ignore_label,
             class_weights=self.class_weights,

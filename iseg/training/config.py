@@ -33,6 +33,8 @@ class TrainConfig:
     backbone_options: dict = option({}, "Backbone options, key=value,... (Python literals).")
     head_options: dict = option({}, "Head options, key=value,... (Python literals).")
     aux_weight: float = option(0.4, "Aux FCN head loss weight; 0 disables the aux head.")
+    aux_options: dict = option({}, "Aux head (fcn_aux) options, key=value,... (channels, "
+                               "dropout, in_key, bn_epsilon, kernel_initializer, ...).")
     car: bool = option(False, "Add the CAR regularizers (class-aware losses) to the head.")
     car_options: dict = option({}, "CAR options, key=value,... (filters, pooling_rates, "
                                "apply_end_conv, intra_loss_rate, inter_loss_rate, "
@@ -172,10 +174,19 @@ def model_options(cfg, meta):
         opts["backbone_options"] = dict(cfg.backbone_options)
     if cfg.head_options:
         opts["head_options"] = dict(cfg.head_options)
+    if cfg.aux_options:
+        opts["aux_options"] = dict(cfg.aux_options)
     if cfg.backbone_weights:
         opts["backbone_weights"] = cfg.backbone_weights
     if cfg.car:
-        opts["car"] = dict(cfg.car_options)
+        from iseg.losses.car import CAROptions
+
+        try:
+            opts["car"] = CAROptions.create(cfg.car_options)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"--car_options: {e}") from None
+    elif cfg.car_options:
+        raise ConfigError("--car_options given without --car (the one CAR switch)")
     if cfg.sar:
         from iseg.losses.sar import check_sar_options
 
