@@ -1,26 +1,23 @@
 """Parameters and FLOPs of decoders on one backbone, side by side (inference graph).
 
-FLOPs are counted analytically while one forward pass runs: every Conv2D, DepthwiseConv2D
-and Dense call adds its multiply-accumulates (output elements x kernel taps x input channels
-per group), and every `keras.ops.einsum` / `keras.ops.matmul` call (attention) adds the
-product of its index sizes. One multiply-accumulate counts as one FLOP (the fvcore / mmcv
-convention of the papers' tables); element-wise work (BN, activations, softmax, resizes) is
-not counted. Parameters: trainable weights (PyTorch's `numel` convention). Usage:
+FLOPs are counted analytically while one forward pass runs (`iseg.benchmark.count_macs`:
+convolutions, dense layers, attention einsums / matmuls, bilinear resizes). Here one
+multiply-accumulate counts as one FLOP (the fvcore / mmcv convention of the papers'
+tables); element-wise work (BN, activations, softmax) is not counted. Parameters: trainable
+weights (PyTorch's `numel` convention). Usage:
 
     python benchmarks/decoder_costs.py [--backbone convnext_tiny] [--size 512] [--classes 150]
 """
 
 import argparse
-import contextlib
-import math
 import os
-import string
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from iseg.benchmark import count_macs  # noqa: E402
 from iseg.models import build_model  # noqa: E402
 
 #: (label, head, model options): the decoders compared, at their papers' / mmseg's widths.
@@ -29,54 +26,6 @@ DECODERS = [
     ("HFGD (256 / 128)", "hfgd", {}),
     ("CARD (512 / 256, with CAR)", "card", dict(car={})),
 ]
-
-
-def _einsum_macs(equation, *operands):
-    inputs = equation.replace(" ", "").split("->")[0].split(",")
-    sizes = {}
-    for spec, x in zip(inputs, operands):
-        for letter, dim in zip(spec, x.shape):
-            sizes[letter] = int(dim)
-    return math.prod(sizes[c] for c in set("".join(inputs)) if c in string.ascii_letters)
-
-
-@contextlib.contextmanager
-def count_macs():
-    """Yields a one-element list holding the multiply-accumulates of the calls inside."""
-    total = [0]
-    patched = []
-
-    def wrap(owner, name, macs):
-        original = getattr(owner, name)
-
-        def counted(*args, **kwargs):
-            out = original(*args, **kwargs)
-            total[0] += macs(out, *args, **kwargs)
-            return out
-
-        setattr(owner, name, counted)
-        patched.append((owner, name, original))
-
-    def conv(out, layer, x, *a, **k):
-        kernel = layer.kernel.shape
-        return int(np.prod(out.shape[1:])) * int(np.prod(kernel[:-1]))
-
-    def depthwise(out, layer, x, *a, **k):
-        return int(np.prod(out.shape[1:])) * int(np.prod(layer.kernel.shape[:2]))
-
-    def dense(out, layer, x, *a, **k):
-        return int(np.prod(out.shape[1:])) * int(layer.kernel.shape[0])
-
-    wrap(keras.layers.Conv2D, "call", conv)
-    wrap(keras.layers.DepthwiseConv2D, "call", depthwise)
-    wrap(keras.layers.Dense, "call", dense)
-    wrap(keras.ops, "einsum", lambda out, eq, *ops_, **k: _einsum_macs(eq, *ops_))
-    wrap(keras.ops, "matmul", lambda out, a, b, **k: int(np.prod(out.shape)) * int(a.shape[-1]))
-    try:
-        yield total
-    finally:
-        for owner, name, original in reversed(patched):
-            setattr(owner, name, original)
 
 
 def measure(head, backbone, size, classes, options):

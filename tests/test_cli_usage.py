@@ -19,6 +19,7 @@ TOOLS = {  # entry point -> (a flag only it lists in --help, a flag it does not 
     "iseg.cli.export": ("--export_scales=", "--eval_flip"),
     "iseg.cli.predict": ("--input=", "--model_dir="),
     "iseg.cli.convert": ("--num_shards=", "--model_dir="),
+    "iseg.cli.benchmark": ("--matmul_size=", "--lr="),
 }
 NOISE = ("cuda", "cuinit", "cpu_feature", "optimized to use available cpu", "onednn",
          "absl::initializelog")
@@ -65,7 +66,7 @@ def test_help_texts():
 
 
 @pytest.mark.parametrize("script", ["iseg-train", "iseg-evaluate", "iseg-export",
-                                    "iseg-predict", "iseg-convert"])
+                                    "iseg-predict", "iseg-convert", "iseg-benchmark"])
 def test_console_scripts_answer_help(script):
     path = shutil.which(script) or os.path.join(os.path.dirname(sys.executable), script)
     if not os.path.isfile(path):

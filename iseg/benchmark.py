@@ -1,0 +1,252 @@
+"""Cost and speed measurements: analytic multiply-accumulate counts, timed runs, peak memory
+and the machine's measured dense throughput (used by `iseg.cli.benchmark` and the scripts
+in `benchmarks/`).
+
+MACs are counted while a forward pass runs: every call of a Conv2D, Conv2DTranspose,
+DepthwiseConv2D or Dense layer, of `keras.ops.conv` (shared-kernel convolutions), of
+`keras.ops.einsum` / `keras.ops.matmul` (attention) and every bilinear resize pass of
+`iseg.ops.resize` adds its multiply-accumulates for the whole batch:
+
+- convolution: output elements x kernel taps x input channels per group (grouped convs
+  have `cin / groups` kernel input channels, so this covers them);
+- transposed convolution: input elements x kernel taps x output channels;
+- depthwise convolution: output elements x kernel taps;
+- dense: output elements x input features;
+- einsum: the product of the sizes of all its indices; matmul: output elements x the
+  contracted size;
+- bilinear resize: 2 per output element of each of its two one-axis passes (a two-tap
+  weighted sum; nearest-neighbour resizes are gathers and count 0).
+
+Batch norm, activations, softmax and other element-wise work are not counted. One MAC is
+two FLOPs; the helpers below name which one they return.
+"""
+
+import contextlib
+import math
+import os
+import re
+import statistics
+import string
+import time
+
+import keras
+import numpy as np
+
+import iseg.ops
+
+
+def _size(shape):
+    return math.prod(int(d) for d in shape)
+
+
+def einsum_macs(equation, *operands):
+    """Multiply-accumulates of `einsum(equation, *operands)`: the product of all index sizes."""
+    inputs = equation.replace(" ", "").split("->")[0].split(",")
+    sizes = {}
+    for spec, x in zip(inputs, operands):
+        letters = [c for c in spec if c in string.ascii_letters]
+        for letter, dim in zip(letters, x.shape[len(x.shape) - len(letters):]):
+            sizes[letter] = int(dim)
+    return math.prod(sizes.values())
+
+
+def _conv(out, layer, *args, **kwargs):
+    return _size(out.shape) * _size(layer.kernel.shape[:-1])
+
+
+def _conv_transpose(out, layer, x, *args, **kwargs):
+    return _size(x.shape) * _size(layer.kernel.shape[:-1])
+
+
+def _depthwise(out, layer, *args, **kwargs):
+    return _size(out.shape) * _size(layer.kernel.shape[:-2])
+
+
+def _dense(out, layer, *args, **kwargs):
+    return _size(out.shape) * int(layer.kernel.shape[0])
+
+
+def _ops_conv(out, x, kernel, *args, **kwargs):
+    return _size(out.shape) * _size(kernel.shape[:-1])
+
+
+def _matmul(out, a, b, **kwargs):
+    return _size(out.shape) * int(a.shape[-1])
+
+
+def _resize_pass(out, x, out_len, axis, method, *args, **kwargs):
+    return 2 * _size(out.shape) if method == "bilinear" else 0
+
+
+COUNTED = (  # (owner, attribute, MACs of one call from (output, *call arguments))
+    (keras.layers.Conv2D, "call", _conv),
+    (keras.layers.Conv2DTranspose, "call", _conv_transpose),
+    (keras.layers.DepthwiseConv2D, "call", _depthwise),
+    (keras.layers.Dense, "call", _dense),
+    (keras.ops, "conv", _ops_conv),
+    (keras.ops, "einsum", lambda out, eq, *operands, **k: einsum_macs(eq, *operands)),
+    (keras.ops, "matmul", _matmul),
+    (iseg.ops, "_interp_axis", _resize_pass),
+)
+
+
+@contextlib.contextmanager
+def count_macs():
+    """Yields a one-element list holding the multiply-accumulates of the calls inside."""
+    total = [0]
+    patched = []
+
+    def counted(original, macs):
+        def call(*args, **kwargs):
+            out = original(*args, **kwargs)
+            total[0] += macs(out, *args, **kwargs)
+            return out
+        return call
+
+    try:
+        for owner, name, macs in COUNTED:
+            patched.append((owner, name, vars(owner).get(name)))
+            setattr(owner, name, counted(getattr(owner, name), macs))
+        yield total
+    finally:
+        for owner, name, own in reversed(patched):
+            if own is None:
+                delattr(owner, name)  # inherited: inherit it again
+            else:
+                setattr(owner, name, own)
+
+
+def model_macs(model, image_shape, training=False):
+    """Multiply-accumulates of one forward pass of `model` on one image of `image_shape`
+    (height, width, channels); `training=True` includes the training-only branches."""
+    x = np.zeros((1, *image_shape), "float32")
+    with count_macs() as total:
+        model(x, training=training)
+    return total[0]
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def time_runs(fn, repeats, warmup=1):
+    """Seconds of `repeats` calls of `fn` after `warmup` untimed ones (tracing, caches):
+    median, min, max and every run."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "runs_s": times}
+
+
+PEAK_RSS_METHOD = ("process resident set size high-water mark (VmHWM of /proc/self/status), "
+                   "reset before each phase by writing 5 to /proc/self/clear_refs")
+
+
+def reset_peak_rss():
+    """Reset the process's RSS high-water mark (Linux); False where it cannot be reset."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes():
+    """The process's RSS high-water mark in bytes (since the last reset)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+    except (OSError, AttributeError):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _phase(fn, batch, repeats, warmup):
+    reset_peak_rss()
+    result = time_runs(fn, repeats, warmup)
+    result["images_per_s"] = batch / result["median_s"]
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    return result
+
+
+def time_model(model, images, labels, repeats, warmup=1):
+    """Training step (`train_on_batch`, SGD with momentum) and inference
+    (`predict_on_batch`) timings of a SegmentationModel on any Keras backend, each with
+    the peak RSS of its phase (warm-up included in the peak, not in the times)."""
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+    batch = len(images)
+    train = _phase(lambda: model.train_on_batch(images, labels), batch, repeats, warmup)
+    infer = _phase(lambda: model.predict_on_batch(images), batch, repeats, warmup)
+    return {"train_step": train, "inference": infer}
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def matmul_rate(n, repeats, warmup=1):
+    """FLOP/s of a float32 `n x n` by `n x n` TensorFlow matmul (2 n^3 FLOPs)."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n), seed=0)
+    b = tf.random.normal((n, n), seed=1)
+    step = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+    timing = time_runs(lambda: float(step(a, b)), repeats, warmup)
+    flops = 2 * n ** 3
+    return {"flops": flops, "flop_per_s": flops / timing["median_s"], **timing}
+
+
+def conv_rate(size, channels, repeats, warmup=1):
+    """FLOP/s of a float32 3x3 convolution (`channels` -> `channels`, stride 1, `size` x
+    `size`, batch 1) forward and backward (input and kernel gradients): 3 x 2 x MACs."""
+    import tensorflow as tf
+
+    x = tf.random.normal((1, size, size, channels), seed=0)
+    kernel = tf.random.normal((3, 3, channels, channels), seed=1)
+
+    @tf.function
+    def step(x, kernel):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = tf.nn.conv2d(x, kernel, 1, "SAME")
+        dx, dk = tape.gradient(y, [x, kernel])
+        return tf.reduce_sum(y) + tf.reduce_sum(dx) + tf.reduce_sum(dk)
+
+    timing = time_runs(lambda: float(step(x, kernel)), repeats, warmup)
+    flops = 3 * 2 * size * size * channels * channels * 9
+    return {"flops": flops, "flop_per_s": flops / timing["median_s"], **timing}
+
+
+def machine_info():
+    """CPU model, core count, TensorFlow's oneDNN state and library versions."""
+    import platform
+    import sys
+
+    import tensorflow as tf
+
+    cpu = platform.processor()
+    flags = []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            text = f.read()
+        cpu = re.search(r"model name\s*:\s*(.*)", text).group(1).strip()
+        flags = re.search(r"flags\s*:\s*(.*)", text).group(1).split()
+    except (OSError, AttributeError):
+        pass
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        onednn = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        onednn = None
+    return {
+        "cpu": cpu, "cores": os.cpu_count(),
+        "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
+        "onednn": onednn, "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": sys.version.split()[0], "tensorflow": tf.__version__,
+        "keras": keras.__version__, "numpy": np.__version__,
+    }

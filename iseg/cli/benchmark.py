@@ -1,0 +1,223 @@
+"""`python -m iseg.cli.benchmark --model=NAME [--flagfile=CFG] [--output=FILE.json]`
+
+Parameters, analytic FLOPs, training-step and inference speed and peak memory of a model
+at --crop_size and --batch_size (training flags, defaults 513,513 and 16; a training flag
+file gives its model, crop and batch), measured against this machine's dense throughput in
+the same run. Example:
+
+    python -m iseg.cli.benchmark --model=deeplabv3_resnet50_d8 --crop_size=512 \\
+        --batch_size=2 --repeats=5 --output=bench.json
+
+Times: median and range of --repeats runs after --warmup untimed ones (tracing). Training
+step: `train_on_batch` with SGD (momentum 0.9); inference: `predict_on_batch`. FLOPs are
+2 x multiply-accumulates (see iseg.benchmark for what is counted); a training step counts
+3 x the training forward pass (backward = 2 x forward). MFU = achieved FLOP/s / the
+measured rate of a float32 matmul and of a 3x3 convolution forward + backward, both timed
+by TensorFlow in the same run. Memory: peak process RSS of each phase. The whole path runs
+on TensorFlow; --backends adds the model timings on JAX / PyTorch (one subprocess each).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+from iseg.cli import flags as flags_lib
+
+FLAGS = flags_lib.FLAGS
+PROGRAM = "iseg.cli.benchmark"
+BACKENDS = ("tensorflow", "jax", "torch")
+DEFAULT_CLASSES = 21
+
+
+def define_benchmark_flags():
+    flags_lib.define_train_flags()  # the training flag files are accepted
+    flags_lib._group("Benchmark")
+    d = flags_lib._define_once
+    d("integer", "num_classes", 0, f"Classes (0: those of --dataset / --data_dir, else "
+      f"{DEFAULT_CLASSES}).")
+    d("integer", "repeats", 5, "Timed runs of each measurement.")
+    d("integer", "warmup", 1, "Untimed runs before them (tracing, compilation).")
+    d("list", "backends", list(BACKENDS), "Keras backends the model is timed on "
+      f"({', '.join(BACKENDS)}); FLOPs and the machine's rates always use TensorFlow.")
+    d("integer", "matmul_size", 2048, "n of the n x n float32 matmul whose rate is measured.")
+    d("list", "conv_shape", ["64", "256"], "size,channels of the 3x3 convolution (size x "
+      "size x channels -> channels) whose forward + backward rate is measured.")
+    d("string", "output", None, "Write the results as JSON to this file.")
+    d("bool", "model_only", False, "Only time the model on the current KERAS_BACKEND and "
+      "write that part (used for the other backends' subprocesses).")
+
+
+def _check():
+    unknown = [b for b in FLAGS.backends if b not in BACKENDS]
+    if unknown:
+        raise flags_lib.CliError(f"unknown --backends={','.join(unknown)}; valid: "
+                                 f"{', '.join(BACKENDS)}")
+    if FLAGS.repeats < 1 or FLAGS.warmup < 0:
+        raise flags_lib.CliError(f"--repeats={FLAGS.repeats} must be >= 1 and "
+                                 f"--warmup={FLAGS.warmup} >= 0")
+    if not FLAGS.model_only:
+        if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") not in (
+                None, "tensorflow"):
+            raise flags_lib.CliError("the benchmark runs on the TensorFlow backend, not "
+                                     f"KERAS_BACKEND={os.environ['KERAS_BACKEND']}")
+        os.environ["KERAS_BACKEND"] = "tensorflow"
+
+
+def _build(argv):
+    """(config, model, classes) from the flags; pretrained weights are not loaded."""
+    import dataclasses
+
+    import keras
+
+    from iseg.training.config import DatasetMeta, build_model_from_config, dataset_meta
+
+    cfg = dataclasses.replace(flags_lib.config_from_flags(argv), backbone_weights=None)
+    classes = FLAGS.num_classes or (dataset_meta(cfg).num_classes if cfg.dataset or
+                                    cfg.data_dir else DEFAULT_CLASSES)
+    keras.utils.set_random_seed(cfg.seed)
+    meta = DatasetMeta(num_classes=classes, class_names=[], palette=[])
+    return cfg, build_model_from_config(cfg, meta), classes
+
+
+def _time_here(cfg, model, classes):
+    """The model's timings on the current Keras backend."""
+    import keras
+    import numpy as np
+
+    from iseg.benchmark import time_model
+
+    rng = np.random.default_rng(cfg.seed)
+    h, w = cfg.crop_size
+    images = rng.normal(size=(cfg.batch_size, h, w, 3)).astype("float32")
+    labels = rng.integers(0, classes, (cfg.batch_size, h, w)).astype("int32")
+    backend = keras.backend.backend()
+    library = __import__(backend)
+    return {"version": library.__version__,
+            **time_model(model, images, labels, FLAGS.repeats, FLAGS.warmup)}
+
+
+def _time_in_subprocess(argv, backend):
+    """The model's timings on `backend`, measured by this tool in a subprocess."""
+    import importlib.util
+
+    if importlib.util.find_spec(backend) is None:
+        return {"skipped": f"{backend} is not installed"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "part.json")
+        cmd = [sys.executable, "-m", PROGRAM, *argv[1:], "--model_only", f"--output={out}"]
+        env = dict(os.environ, KERAS_BACKEND=backend)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise flags_lib.CliError(f"the {backend} run failed: {last}")
+        with open(out, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def _utilisation(timings, flops, peaks):
+    """Achieved FLOP/s of each phase and its ratio to each measured peak rate."""
+    for phase, per_image in (("train_step", flops["training_step_flops_per_image"]),
+                             ("inference", flops["inference_flops_per_image"])):
+        achieved = per_image * timings[phase]["images_per_s"]
+        timings[phase]["achieved_flop_per_s"] = achieved
+        timings[phase]["mfu"] = {name: achieved / peak["flop_per_s"]
+                                 for name, peak in peaks.items()}
+
+
+def _flops(model, cfg):
+    from iseg.benchmark import model_macs
+
+    shape = (*cfg.crop_size, 3)
+    inference, training = model_macs(model, shape), model_macs(model, shape, training=True)
+    return {"unit": "FLOPs = 2 x multiply-accumulates (MACs); training step = 3 x the "
+            "training forward pass", "inference_macs_per_image": inference,
+            "inference_flops_per_image": 2 * inference,
+            "training_forward_macs_per_image": training,
+            "training_step_flops_per_image": 3 * 2 * training}
+
+
+def _write(path, result):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+
+
+def main(argv):
+    import datetime
+
+    from iseg import benchmark
+
+    cfg, model, classes = _build(argv)
+    here = FLAGS.model_only or "tensorflow" in FLAGS.backends
+    timings = _time_here(cfg, model, classes) if here else None
+    if FLAGS.model_only:
+        _write(FLAGS.output, timings)
+        return timings
+    try:
+        size, channels = (int(v) for v in FLAGS.conv_shape)
+    except ValueError:
+        raise flags_lib.CliError(f"--conv_shape={','.join(FLAGS.conv_shape)}: expected "
+                                 "size,channels") from None
+    peaks = {"matmul": benchmark.matmul_rate(FLAGS.matmul_size, FLAGS.repeats, FLAGS.warmup),
+             "conv3x3_fwd_bwd": benchmark.conv_rate(size, channels, FLAGS.repeats,
+                                                    FLAGS.warmup)}
+    flops = _flops(model, cfg)
+    backends = {b: timings if b == "tensorflow" else _time_in_subprocess(argv, b)
+                for b in FLAGS.backends}
+    for part in backends.values():
+        if "skipped" not in part:
+            _utilisation(part, flops, peaks)
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": [PROGRAM, *argv[1:]],
+        "flags": {n: FLAGS[n].value for n, group in flags_lib.FLAG_GROUPS.items()
+                  if n in FLAGS and (FLAGS[n].present or group in ("Model", "Benchmark"))},
+        "machine": benchmark.machine_info(),
+        "model": {"name": cfg.model or f"{cfg.head}_{cfg.backbone}",
+                  "params": model.count_params(),
+                  "trainable_params": sum(math.prod(w.shape) for w in model.trainable_weights),
+                  "num_classes": classes, "input_shape": [*cfg.crop_size, 3],
+                  "batch_size": cfg.batch_size},
+        "flops": flops, "peak": peaks, "memory": benchmark.PEAK_RSS_METHOD,
+        "backends": backends,
+    }
+    print(summary(result), flush=True)
+    if FLAGS.output:
+        _write(FLAGS.output, result)
+    return result
+
+
+def summary(result):
+    """The results as a few lines of text."""
+    m, f, peaks = result["model"], result["flops"], result["peak"]
+    lines = [f"{m['name']}: {m['params'] / 1e6:.2f}M parameters, "
+             f"{f['inference_flops_per_image'] / 1e9:.2f} GFLOPs per {m['input_shape'][0]}x"
+             f"{m['input_shape'][1]} image (inference; 2 x MACs), batch {m['batch_size']}",
+             f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+             f"oneDNN {result['machine']['onednn']}, load average "
+             f"{result['machine']['load_average']}"]
+    lines += [f"peak {name}: {p['flop_per_s'] / 1e9:.1f} GFLOP/s" for name, p in peaks.items()]
+    for backend, part in result["backends"].items():
+        if "skipped" in part:
+            lines.append(f"{backend}: skipped ({part['skipped']})")
+            continue
+        for phase in ("train_step", "inference"):
+            t = part[phase]
+            mfu = ", ".join(f"{v:.2f} of {k}" for k, v in t["mfu"].items())
+            lines.append(
+                f"{backend} {phase}: {t['median_s'] * 1e3:.1f} ms median "
+                f"({t['min_s'] * 1e3:.1f}-{t['max_s'] * 1e3:.1f}), "
+                f"{t['images_per_s']:.2f} images/s, peak RSS "
+                f"{t['peak_rss_bytes'] / 2**20:.0f} MiB, MFU {mfu}")
+    return "\n".join(lines)
+
+
+def run(argv=None):
+    return flags_lib.run_cli(PROGRAM, define_benchmark_flags, main, argv, doc=__doc__,
+                             help_groups=("General", "Model", "Benchmark"), check=_check)
+
+
+if __name__ == "__main__":
+    run()
