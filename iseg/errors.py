@@ -20,3 +20,7 @@ class EmptyDatasetError(ValueError):
 
 class ModelDirInUseError(RuntimeError):
     """Another training run holds the model_dir's lock."""
+
+
+class CheckpointUnreadableError(ValueError):
+    """A checkpoint whose files are truncated or damaged."""

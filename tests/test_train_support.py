@@ -20,9 +20,12 @@ META = DatasetMeta(num_classes=NUM_CLASSES, class_names=["a", "b", "c"],
 class TinySegModel(keras.Model):
     """conv -> (BN) -> relu -> conv classifier; tracks `ce` and `aux` like the real model."""
 
-    def __init__(self, num_classes=NUM_CLASSES, width=8, use_bn=True, **kwargs):
+    def __init__(self, num_classes=NUM_CLASSES, width=8, use_bn=True, dropout=0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.num_classes, self.width, self.use_bn = num_classes, width, use_bn
+        self.dropout = dropout
+        self.drop = keras.layers.Dropout(dropout, name="dropout") if dropout else None
         self.normalization = "minus_one_to_one"
         self.conv1 = keras.layers.Conv2D(width, 3, padding="same", name="conv1")
         self.bn = keras.layers.BatchNormalization(name="bn") if use_bn else None
@@ -36,6 +39,8 @@ class TinySegModel(keras.Model):
         if self.bn is not None:
             x = self.bn(x, training=training)
         x = ops.relu(x)
+        if self.drop is not None:
+            x = self.drop(x, training=training)
         logits = ops.cast(self.classifier(x), "float32")
         if training:
             return {"logits": logits, "aux_logits": ops.cast(self.aux(x), "float32")}
@@ -63,12 +68,12 @@ class TinySegModel(keras.Model):
 
     def get_config(self):
         return dict(super().get_config(), num_classes=self.num_classes, width=self.width,
-                    use_bn=self.use_bn)
+                    use_bn=self.use_bn, dropout=self.dropout)
 
 
-def tiny_model_fn(width=8, use_bn=True):
+def tiny_model_fn(width=8, use_bn=True, dropout=0.0):
     def fn(cfg, meta):
-        model = TinySegModel(meta.num_classes, width=width, use_bn=use_bn)
+        model = TinySegModel(meta.num_classes, width=width, use_bn=use_bn, dropout=dropout)
         model(np.zeros((1, 8, 8, 3), np.float32), training=True)
         return model
     return fn

@@ -79,7 +79,7 @@ def main(argv):
     cfg = flags_lib.config_from_flags(argv)
     split_cpu(FLAGS.num_cpu_devices)
     split = FLAGS.split or cfg.eval_split
-    model, meta = load_model_for_inference(cfg, FLAGS.checkpoint)
+    model, meta = load_model_for_inference(cfg, cfg.checkpoint)
     dataset = config_lib.make_eval_dataset(cfg, input_normalization(model), split)
     evaluator = make_evaluator(cfg, model, meta)
     out_dir = os.path.join(cfg.model_dir, "eval")

@@ -18,7 +18,7 @@ def main(argv):
     from iseg.progress import progress_bar
 
     cfg = flags_lib.config_from_flags(argv)
-    model, meta = load_model_for_inference(cfg, FLAGS.checkpoint)
+    model, meta = load_model_for_inference(cfg, cfg.checkpoint)
     output = FLAGS.output or os.path.join(cfg.model_dir, "export")
     with progress_bar(total=2, desc="exporting", unit=" files", enabled=cfg.progress) as bar:
         path = export_saved_model(model, output, scales=[float(s) for s in FLAGS.export_scales],

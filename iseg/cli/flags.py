@@ -239,8 +239,6 @@ TRAIN_GROUPS = ("General", *_FIELD_GROUPS.values())
 def define_export_flags():
     define_train_flags()  # the same flag files as training are accepted
     _group("Export")
-    _define_once("string", "checkpoint", None, "Checkpoint to load (default: the latest "
-                 "in --model_dir).")
     _define_once("string", "output", None, "Export folder (default <model_dir>/export).")
     _define_once("list", "export_scales", ["1.0"], "Scales baked into the SavedModel.")
     _define_once("bool", "export_flip", False, "Bake flip averaging into the SavedModel.")
@@ -249,8 +247,6 @@ def define_export_flags():
 def define_eval_flags():
     define_train_flags()  # the same flag files as training are accepted
     _group("Evaluate")
-    _define_once("string", "checkpoint", None, "Checkpoint to evaluate (default: the "
-                 "latest in --model_dir).")
     _define_once("string", "split", None, "Split to evaluate (default --eval_split).")
     _define_once("bool", "save_confusion", False, "Also save the confusion matrix (.npy, "
                  ".csv).")
@@ -351,13 +347,14 @@ def user_errors():
     """Exception types reported as one-line errors by the CLIs."""
     from iseg.errors import (
         CheckpointMismatchError,
+        CheckpointUnreadableError,
         ConfigError,
         EmptyDatasetError,
         ModelDirInUseError,
         TrainingDivergedError,
     )
-    return (ConfigError, CheckpointMismatchError, EmptyDatasetError, TrainingDivergedError,
-            ModelDirInUseError, *LIGHT_ERRORS)
+    return (ConfigError, CheckpointMismatchError, CheckpointUnreadableError,
+            EmptyDatasetError, TrainingDivergedError, ModelDirInUseError, *LIGHT_ERRORS)
 
 
 def run_cli(program, define_flags, main, argv=None, verbosity=logging.INFO, *, doc=None,

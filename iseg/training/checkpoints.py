@@ -9,7 +9,12 @@ mismatches.
 
 Writes are atomic: TensorFlow writes a checkpoint's files first and then replaces the
 `checkpoint` state file by an atomic rename, so a run killed mid-write resumes from the
-previous complete checkpoint.
+previous complete checkpoint. Only finite weights are saved. A checkpoint whose files do
+not read back (truncated or damaged on disk) is skipped with a warning naming the file, in
+favour of the newest readable one.
+
+Training checkpoints also hold the random state of the model's layers (dropout and drop
+path seed generators), so that a resumed run draws the same masks as an uninterrupted one.
 """
 
 import difflib
@@ -21,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from iseg.errors import CheckpointMismatchError
+from iseg.errors import CheckpointMismatchError, CheckpointUnreadableError, TrainingDivergedError
 
 CKPT_DIR = "checkpoints"
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -103,6 +108,70 @@ def check_compatible(path, model):
     raise CheckpointMismatchError("; ".join(lines))
 
 
+def checkpoint_dir(model_dir, is_chief=True, task_id=0):
+    """Where a worker's training checkpoints go (the chief's: `<model_dir>/checkpoints`)."""
+    return (os.path.join(model_dir, CKPT_DIR) if is_chief else
+            os.path.join(model_dir, f".worker{task_id}", CKPT_DIR))
+
+
+def damaged_file(path):
+    """None when every tensor of checkpoint `path` reads back, else "FILE (reason)"."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+    except (tf.errors.OpError, ValueError) as e:
+        return f"{path}.index ({str(e).splitlines()[0]})"
+    try:  # (variant tensors, the input position, do not convert to numpy; a truncation
+        # that reaches them also cuts the model variables stored after them)
+        for key, dtype in reader.get_variable_to_dtype_map().items():
+            if dtype != tf.variant:
+                reader.get_tensor(key)
+    except (tf.errors.OpError, IndexError, ValueError) as e:
+        data = ", ".join(sorted(tf.io.gfile.glob(path + ".data-*"))) or path + ".data-*"
+        return f"{data} ({str(e).splitlines()[0]})"
+    return None
+
+
+def checked(path):
+    """`path` if that checkpoint reads back, else CheckpointUnreadableError naming the
+    file (FileNotFoundError when there is no such checkpoint)."""
+    if not tf.io.gfile.exists(path + ".index"):
+        raise FileNotFoundError(f"no checkpoint found at {path}")
+    damage = damaged_file(path)
+    if damage:
+        raise CheckpointUnreadableError(f"checkpoint {path} is damaged: {damage}")
+    return path
+
+
+def newest_readable(directory):
+    """The newest checkpoint listed in `directory` that reads back (a warning names each
+    damaged newer one); None when none is listed; CheckpointUnreadableError when none
+    reads back."""
+    state = tf.train.get_checkpoint_state(directory)
+    if state is None:
+        return None
+    listed = [p for p in state.all_model_checkpoint_paths if p != state.model_checkpoint_path]
+    damaged = []
+    for path in [state.model_checkpoint_path] + listed[::-1]:
+        damage = damaged_file(path)
+        if damage is None:
+            return path
+        damaged.append(damage)
+        logging.warning("Checkpoint %s is damaged: %s; trying an older one", path, damage)
+    raise CheckpointUnreadableError(
+        f"no readable checkpoint in {directory}: {'; '.join(damaged)}. Pass "
+        "--checkpoint=PATH of a good one, or move the folder away to start afresh")
+
+
+def _seed_states(model):
+    """The state variables of the model's random seed generators (dropout, drop path)."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def _all_finite(variables):
+    return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in variables
+               if tf.as_dtype(v.dtype).is_floating)
+
+
 class TrainCheckpointer:
     """Periodic training checkpoints under `<model_dir>/checkpoints`, keeping the last K.
 
@@ -114,14 +183,15 @@ class TrainCheckpointer:
 
     def __init__(self, model_dir, *, model, optimizer, iterator=None, keep=3, is_chief=True,
                  task_id=0):
-        extra = dict(optimizer=_var_container(list(optimizer.variables)))
+        self.saved = list(model.weights) + list(optimizer.variables)
+        extra = dict(optimizer=_var_container(list(optimizer.variables)),
+                     seeds=_var_container(_seed_states(model)))
         if iterator is not None:
             extra["iterator"] = iterator
         self.model = model
         self.checkpoint = model_checkpoint(model, **extra)
         self.is_chief = is_chief
-        self.directory = (os.path.join(model_dir, CKPT_DIR) if is_chief else
-                          os.path.join(model_dir, f".worker{task_id}", CKPT_DIR))
+        self.directory = checkpoint_dir(model_dir, is_chief, task_id)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory,
                                                   max_to_keep=max(1, keep))
 
@@ -129,9 +199,8 @@ class TrainCheckpointer:
     def latest(self):
         return tf.train.latest_checkpoint(self.directory)
 
-    def restore_latest(self):
-        """Restore the newest complete checkpoint; returns its path or None."""
-        path = self.latest
+    def restore(self, path):
+        """Restore the training state of checkpoint `path` (None: nothing); returns it."""
         if path is None:
             return None
         logging.info("Resuming from %s", path)
@@ -141,26 +210,62 @@ class TrainCheckpointer:
             status.assert_existing_objects_matched()
         except AssertionError as e:
             raise CheckpointMismatchError(
-                f"checkpoint {path} lacks training state (optimizer / input position) "
-                f"this run needs: {str(e).splitlines()[0]}") from None
+                f"checkpoint {path} lacks training state (optimizer / input position / "
+                f"random seeds) this run needs: {str(e).splitlines()[0]}") from None
         return path
 
+    def restore_latest(self):
+        """Restore the newest readable checkpoint; returns its path or None."""
+        return self.restore(newest_readable(self.directory))
+
     def save(self, step):
+        """Save the state after `step`; TrainingDivergedError (nothing saved) when a weight
+        or optimizer slot is not finite."""
+        if not _all_finite(self.saved):
+            raise TrainingDivergedError(
+                f"weights are not finite after step {step}; training stopped without "
+                f"saving them. Last good checkpoint: {self.latest or 'none yet'}")
         return self.manager.save(checkpoint_number=int(step))
+
+    def withdraw(self, path):
+        """Take checkpoint `path` off the list (its files stay): the previous one becomes
+        the latest."""
+        state = tf.train.get_checkpoint_state(self.directory)
+        kept = [os.path.basename(p) for p in (state.all_model_checkpoint_paths if state
+                                              else []) if p != path]
+        state_file = os.path.join(self.directory, "checkpoint")
+        if not kept:
+            if os.path.exists(state_file):
+                os.remove(state_file)
+            return None
+        lines = [f'model_checkpoint_path: "{kept[-1]}"'] + [
+            f'all_model_checkpoint_paths: "{p}"' for p in kept]
+        tmp = f"{state_file}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, state_file)
+        return os.path.join(self.directory, kept[-1])
+
+    def after_divergence(self, step):
+        """The end of the message of a non-finite loss at `step`: the last good checkpoint.
+        A checkpoint saved just before (its weights gave that loss) is withdrawn."""
+        latest = self.latest
+        if latest is None or not latest.endswith(f"-{step - 1}"):
+            return f"Last good checkpoint: {latest or 'none yet'}"
+        previous = self.withdraw(latest)
+        return (f"Last good checkpoint: {previous or 'none'} ({os.path.basename(latest)}, "
+                "whose weights gave this loss, is no longer the latest)")
 
 
 def resolve_checkpoint(path_or_dir):
-    """A checkpoint prefix from a prefix, a `checkpoints/` folder or a model_dir."""
+    """A checkpoint prefix that reads back, from a prefix, a `checkpoints/` folder or a
+    model_dir (there: the newest readable one)."""
     if path_or_dir is None:
         return None
     for cand in (path_or_dir, os.path.join(path_or_dir, CKPT_DIR)):
-        if os.path.isdir(cand):
-            latest = tf.train.latest_checkpoint(cand)
-            if latest:
-                return latest
-    if tf.io.gfile.exists(path_or_dir + ".index"):
-        return path_or_dir
-    raise FileNotFoundError(f"no checkpoint found at {path_or_dir}")
+        if os.path.isdir(cand) and tf.train.get_checkpoint_state(cand):
+            return newest_readable(cand)
+    return checked(path_or_dir)
 
 
 def restore_model(model, path_or_dir):

@@ -103,6 +103,9 @@ class TrainConfig:
     checkpoint_every: int = option(1000, "Save a checkpoint every N steps.")
     keep_checkpoints: int = option(3, "Keep the last K checkpoints.")
     checkpoint_input: bool = option(True, "Save the input iterator position in checkpoints.")
+    checkpoint: str = option(None, "Checkpoint to start from (training resumes its step, "
+                             "optimizer and input position; evaluate and export load its "
+                             "weights). Default: the newest readable one in --model_dir.")
     eval_every: int = option(0, "Evaluate every N steps (0: only at the end).")
     log_every: int = option(10, "Write TensorBoard scalars every N steps.")
     num_summary_images: int = option(4, "Images in the evaluation image summaries.")

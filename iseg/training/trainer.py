@@ -122,12 +122,18 @@ class _Run:
 def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_training):
     run = _set_up_model(cfg, model_fn, meta)
     normalization = input_normalization(run.model)
-    iterator, split = _set_up_input(run, train_dataset_fn, normalization)
+    resume = (ckpt_lib.checked(cfg.checkpoint) if cfg.checkpoint else
+              ckpt_lib.newest_readable(ckpt_lib.checkpoint_dir(cfg.model_dir, run.is_chief,
+                                                               run.task_id)))
+    if run.is_chief:  # (after the checks above: a refused run changes no file)
+        config_lib.check_same_model(cfg.model_dir, run.model)
+        config_lib.write_run_config(cfg.model_dir, cfg, run.meta, run.model)
+    iterator, split = _set_up_input(run, train_dataset_fn, normalization, resume)
     checkpointer = ckpt_lib.TrainCheckpointer(
         cfg.model_dir, model=run.model, optimizer=run.optimizer,
         iterator=iterator if (cfg.checkpoint_input and not run.is_tpu) else None,
         keep=cfg.keep_checkpoints, is_chief=run.is_chief, task_id=run.task_id)
-    checkpointer.restore_latest()
+    checkpointer.restore(resume)
     train_step = _build_train_step(run, split, normalization)
     evaluate_fn = _make_periodic_eval(cfg, run.model, run.meta, normalization,
                                       eval_dataset_fn, run.is_chief)
@@ -145,8 +151,7 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
 
 
 def _set_up_model(cfg, model_fn, meta):
-    """Strategy, seeds, model, optimizer and loss tracker; the chief writes the run
-    record."""
+    """Strategy, seeds, model, optimizer and loss tracker."""
     strategy = create_strategy(cfg.strategy, cfg.tpu)
     per_replica_batch_size(cfg.batch_size, strategy)  # validates divisibility
     _, task_id, is_chief = task_info(strategy)
@@ -169,13 +174,10 @@ def _set_up_model(cfg, model_fn, meta):
             loss_scale=cfg.mixed_precision == "float16")
         prepare_optimizer(optimizer, model, cfg.layer_decay)
         loss_tracker = keras.metrics.Mean(name="loss")
-    if is_chief:
-        config_lib.check_same_model(cfg.model_dir, model)
-        config_lib.write_run_config(cfg.model_dir, cfg, meta, model)
     return _Run(cfg, strategy, model, optimizer, loss_tracker, meta, task_id, is_chief)
 
 
-def _set_up_input(run, train_dataset_fn, normalization):
+def _set_up_input(run, train_dataset_fn, normalization, resume):
     """(iterator, split): the training batches of this worker, and the function that
     splits one over the worker's local replicas.
 
@@ -187,11 +189,8 @@ def _set_up_input(run, train_dataset_fn, normalization):
     if train_dataset_fn is None:
         train_dataset_fn = config_lib.make_train_dataset_fn(cfg, normalization, resample)
     # Resume: without a saved input position, a resumed run reseeds the data order by
-    # the step of the latest checkpoint (found before building the iterator).
-    own_dir = (ckpt_lib.CKPT_DIR if run.is_chief
-               else f".worker{run.task_id}/{ckpt_lib.CKPT_DIR}")
-    latest = tf.train.latest_checkpoint(os.path.join(cfg.model_dir, own_dir))
-    start_guess = int(latest.rsplit("-", 1)[-1]) if latest else 0
+    # the step of the checkpoint it resumes from (`resume`).
+    start_guess = int(resume.rsplit("-", 1)[-1]) if resume else 0
     seed = cfg.seed if (cfg.checkpoint_input or start_guess == 0) else cfg.seed + start_guess
     if run.is_tpu:
         return iter(strategy.distribute_datasets_from_function(
@@ -281,8 +280,8 @@ def _run_loop(run, train_step, iterator, checkpointer, evaluate_fn):
             dt = time.time() - t0
             if not np.isfinite(logs["loss"]):
                 raise TrainingDivergedError(
-                    f"loss is {logs['loss']} at step {step}; training stopped. Last good "
-                    f"checkpoint: {checkpointer.latest or 'none yet'}")
+                    f"loss is {logs['loss']} at step {step}; training stopped. "
+                    f"{checkpointer.after_divergence(step)}")
             losses.append(logs["loss"])
             lr = current_learning_rate(run.optimizer)
             if bar is not None:
