@@ -168,6 +168,46 @@ def dataset_meta(cfg):
     )
 
 
+def check_config(cfg):
+    """A ConfigError naming the flag for settings no run can train with."""
+    crop = tuple(cfg.crop_size or ())
+    if len(crop) != 2 or min(crop) <= 0:
+        raise ConfigError(f"--crop_size={','.join(map(str, crop))}: the crop height and "
+                          "width must be positive")
+    for name in ("steps", "batch_size"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"--{name}={getattr(cfg, name)}: must be positive")
+
+
+def check_crop_size(cfg, model):
+    """A ConfigError when a side of `--crop_size` is below the model's output stride (the
+    coarsest backbone features would be smaller than one pixel)."""
+    import keras
+
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        return
+    size = 256
+    features = backbone.compute_output_spec(keras.KerasTensor((1, size, size, 3)))
+    stride = size // min(t.shape[1] for t in keras.tree.flatten(features) if len(t.shape) == 4)
+    if min(cfg.crop_size) < stride:
+        raise ConfigError(
+            f"--crop_size={','.join(map(str, cfg.crop_size))} is smaller than the model's "
+            f"output stride {stride} (its coarsest features would be smaller than one "
+            f"pixel); use at least {stride},{stride}")
+
+
+def _check_head_options(head, options):
+    from iseg.heads import HEADS
+
+    valid = set(HEADS.get(head)(num_classes=2).get_config())
+    valid -= {"name", "trainable", "dtype", "num_classes"}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ConfigError(f"--head_options: unknown option {unknown[0]!r} for head "
+                          f"{head!r}. Valid options: {', '.join(sorted(valid))}")
+
+
 def model_options(cfg, meta):
     """Keyword options of `build_model` / `build_model_from_name` from the config."""
     opts = dict(aux_weight=cfg.aux_weight, ignore_label=meta.ignore_label,
@@ -211,21 +251,30 @@ def build_model_from_config(cfg, meta):
     opts = model_options(cfg, meta)
     if cfg.model:
         try:
-            models.parse_model_name(cfg.model)
+            head = models.parse_model_name(cfg.model)["head"]
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        return models.build_model_from_name(cfg.model, meta.num_classes, **opts)
-    if not (cfg.head and cfg.backbone):
-        raise ConfigError("give --model, or both --head and --backbone")
-    from iseg.backbones import BACKBONES
-    from iseg.heads import HEADS
-    for registry, name in ((HEADS, cfg.head), (BACKBONES, cfg.backbone)):
-        if name not in registry:
-            try:
-                registry.get(name)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
-    return models.build_model(cfg.head, cfg.backbone, meta.num_classes, **opts)
+        build, args = models.build_model_from_name, (cfg.model, meta.num_classes)
+    else:
+        if not (cfg.head and cfg.backbone):
+            raise ConfigError("give --model, or both --head and --backbone")
+        from iseg.backbones import BACKBONES
+        from iseg.heads import HEADS
+        for registry, name in ((HEADS, cfg.head), (BACKBONES, cfg.backbone)):
+            if name not in registry:
+                try:
+                    registry.get(name)
+                except ValueError as e:
+                    raise ConfigError(str(e)) from None
+        head = cfg.head
+        build, args = models.build_model, (cfg.head, cfg.backbone, meta.num_classes)
+    _check_head_options(head, cfg.head_options)
+    try:
+        return build(*args, **opts)
+    except ValueError as e:  # the backbone registry's check of its options
+        if str(e).startswith("Unknown option "):
+            raise ConfigError(f"--backbone_options: {e}") from None
+        raise
 
 
 def augment_options(cfg):

@@ -81,6 +81,7 @@ def train(cfg, *, model_fn=None, train_dataset_fn=None, eval_dataset_fn=None, me
     `eval_dataset_fn()` returns the evaluation dataset. `after_training(model, result)`
     runs on the chief (exports, overlays).
     """
+    config_lib.check_config(cfg)
     os.makedirs(cfg.model_dir, exist_ok=True)
     tf_config = (json.loads(os.environ.get("TF_CONFIG") or "{}")
                  if cfg.strategy == "multi_worker" else None)
@@ -121,6 +122,7 @@ class _Run:
 
 def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_training):
     run = _set_up_model(cfg, model_fn, meta)
+    config_lib.check_crop_size(cfg, run.model)
     normalization = input_normalization(run.model)
     resume = (ckpt_lib.checked(cfg.checkpoint) if cfg.checkpoint else
               ckpt_lib.newest_readable(ckpt_lib.checkpoint_dir(cfg.model_dir, run.is_chief,
