@@ -14,7 +14,7 @@ from iseg.cli import flags as flags_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = {  # entry point -> (a flag only it lists in --help, a flag it does not read)
-    "train.py": ("--lr=", "--checkpoint="),
+    "train.py": ("--lr=", "--save_confusion"),
     "iseg.cli.evaluate": ("--checkpoint=", "--lr="),
     "iseg.cli.export": ("--export_scales=", "--eval_flip"),
     "iseg.cli.predict": ("--input=", "--model_dir="),
@@ -58,7 +58,8 @@ def test_help_texts():
     r = _run(["-m", "iseg.cli.evaluate", "--help"])
     assert "  --eval_scales=<list> (default: 1.0)\n      Inference scales" in r.stdout
     assert "  --eval_mode={whole|slide} (default: whole)\n" in r.stdout
-    assert "\nEvaluate:\n  --checkpoint=<string> (default: none)" in r.stdout
+    assert "\n  --checkpoint=<string> (default: none)\n      Checkpoint to start from" in r.stdout
+    assert "\nEvaluate:\n  --split=<string> (default: none)" in r.stdout
     r = _run(["-m", "iseg.cli.convert", "--help"])
     # the usage examples keep their line continuations (no runs of spaces)
     assert "--data_dir=/data/cityscapes \\\n        --output_dir=" in r.stdout

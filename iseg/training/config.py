@@ -56,6 +56,9 @@ class TrainConfig:
                            "--data_root.")
     model_dir: str = option("runs/default", "Where checkpoints, logs, results and exports "
                             "go (command line: default runs/<config name>).")
+    checkpoint: str = option(None, "Checkpoint to start from (training resumes its step, "
+                             "optimizer and input position; evaluate and export load its "
+                             "weights). Default: the newest readable one in --model_dir.")
     crop_size: tuple = option((513, 513), "Training crop (and sliding window) height,width.")
     min_scale: float = option(0.5, "Random scale augmentation: minimum.")
     max_scale: float = option(2.0, "Random scale augmentation: maximum.")
@@ -103,9 +106,6 @@ class TrainConfig:
     checkpoint_every: int = option(1000, "Save a checkpoint every N steps.")
     keep_checkpoints: int = option(3, "Keep the last K checkpoints.")
     checkpoint_input: bool = option(True, "Save the input iterator position in checkpoints.")
-    checkpoint: str = option(None, "Checkpoint to start from (training resumes its step, "
-                             "optimizer and input position; evaluate and export load its "
-                             "weights). Default: the newest readable one in --model_dir.")
     eval_every: int = option(0, "Evaluate every N steps (0: only at the end).")
     log_every: int = option(10, "Write TensorBoard scalars every N steps.")
     num_summary_images: int = option(4, "Images in the evaluation image summaries.")
