@@ -24,3 +24,7 @@ class ModelDirInUseError(RuntimeError):
 
 class CheckpointUnreadableError(ValueError):
     """A checkpoint whose files are truncated or damaged."""
+
+
+class DataError(ValueError):
+    """A damaged TFRecord shard or an invalid record in it."""

@@ -240,3 +240,60 @@ def test_bad_training_flags_are_one_line_and_change_nothing(trained, capsys, fla
     err = [l for l in capsys.readouterr().err.splitlines() if "error" in l.lower()]
     assert err == [f"train.py: error: {message}"]
     assert checksums(model_dir) == before
+
+
+def _damaged_copy(src, dst, *, truncate=False, bad_label=False):
+    """A copy of a converted dataset with its second train shard cut short, or with one
+    label pixel of its record 1 set to 9 (num_classes is 5)."""
+    import io
+    import shutil
+
+    import tensorflow as tf
+
+    shutil.copytree(src, dst)
+    path = dst / "train-00001-of-00002.tfrecord"
+    if truncate:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) * 2 // 3])
+        return path
+    records = [r.numpy() for r in tf.data.TFRecordDataset(str(path))]
+    example = tf.train.Example.FromString(records[1])
+    encoded = example.features.feature["image/segmentation/class/encoded"].bytes_list
+    label = np.array(Image.open(io.BytesIO(encoded.value[0])))
+    label[0, 0] = 9
+    buf = io.BytesIO()
+    Image.fromarray(label).save(buf, format="PNG")
+    encoded.value[0] = buf.getvalue()
+    records[1] = example.SerializeToString()
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for r in records:
+            w.write(r)
+    return path, example.features.feature["image/filename"].bytes_list.value[0].decode()
+
+
+def test_damaged_training_records_are_one_line(trained, tmp_path, capsys):
+    from iseg.cli import train
+
+    root, cfg, _, _ = trained
+    shard = _damaged_copy(root / "shapes", tmp_path / "cut", truncate=True)
+    bad_shard, name = _damaged_copy(root / "shapes", tmp_path / "label", bad_label=True)
+    cases = [(tmp_path / "cut", f"truncated TFRecord shard {shard}: record "),
+             (tmp_path / "label", "label value outside [0, num_classes) that is not the "
+              f"ignore label 255 in record {name} ({bad_shard}, record 1): values 9 ")]
+    for data, message in cases:
+        before = checksums(data)
+        with pytest.raises(SystemExit) as e:
+            _in_process(train, ["train.py", f"--flagfile={cfg}", f"--data_dir={data}",
+                                f"--model_dir={tmp_path / ('run_' + data.name)}",
+                                "--batch_size=2", "--steps=8"])
+        assert e.value.code == 1
+        err = [l for l in capsys.readouterr().err.splitlines() if "error" in l.lower()]
+        assert len(err) == 1 and err[0].startswith(f"train.py: error: {message}"), err
+        assert err[0].endswith("; pass --skip_corrupt to drop unreadable records and go on"
+                               if data.name == "cut" else
+                               "; pass --skip_corrupt to drop such records and go on")
+        assert checksums(data) == before
+    r = _in_process(train, ["train.py", f"--flagfile={cfg}", f"--data_dir={tmp_path / 'label'}",
+                            f"--model_dir={tmp_path / 'skip'}", "--batch_size=2", "--steps=8",
+                            "--skip_corrupt", "--evaluate_at_end=false"])
+    assert r["step"] == 8

@@ -349,11 +349,12 @@ def user_errors():
         CheckpointMismatchError,
         CheckpointUnreadableError,
         ConfigError,
+        DataError,
         EmptyDatasetError,
         ModelDirInUseError,
         TrainingDivergedError,
     )
-    return (ConfigError, CheckpointMismatchError, CheckpointUnreadableError,
+    return (ConfigError, CheckpointMismatchError, CheckpointUnreadableError, DataError,
             EmptyDatasetError, TrainingDivergedError, ModelDirInUseError, *LIGHT_ERRORS)
 
 

@@ -43,6 +43,7 @@ Normalisation: ``"minus_one_to_one"`` is ``x / 127.5 - 1``; ``"imagenet"`` is
 """
 
 import random
+import re
 
 import tensorflow as tf
 from absl import logging
@@ -52,6 +53,7 @@ from iseg.datasets.augment import AugmentOptions
 from iseg.datasets import info as info_lib
 from iseg.datasets import tfrecord
 from iseg.datasets.specs import IGNORE_LABEL, get_dataset_spec
+from iseg.errors import DataError
 
 IMAGENET_MEAN = augment_lib.IMAGENET_MEAN
 IMAGENET_STD = augment_lib.IMAGENET_STD
@@ -127,6 +129,40 @@ def _resolve_source(data_dir, split, dataset, compression, file_pattern):
     return files, num_classes, spec, compression or "NONE"
 
 
+_BAD_LABEL = "label value outside [0, num_classes) and not ignore 255 in record"
+
+
+def locate_record(data_dir, split, filename):
+    """(shard, index) of the record of `split` whose image/filename is `filename`, or
+    None."""
+    files, _, _, compression = _resolve_source(data_dir, split, None, None, None)
+    spec = {"image/filename": tf.io.FixedLenFeature((), tf.string, default_value="")}
+    for path in files:
+        names = tfrecord.read_records(path, compression).map(
+            lambda r: tf.io.parse_single_example(r, spec)["image/filename"])
+        for index, name in enumerate(names.as_numpy_iterator()):
+            if name.decode() == filename:
+                return path, index
+    return None
+
+
+def input_error(data_dir, split, error):
+    """A one-line DataError for an error the input pipeline of `split` raised while
+    iterating (a record with an invalid label, an unreadable record)."""
+    text = str(getattr(error, "message", error))
+    bad = re.search(re.escape(_BAD_LABEL) + r"\] \[(.*?)\] \[values:\] \[(.*?)\]", text)
+    if bad:
+        where = locate_record(data_dir, split, bad.group(1))
+        where = f" ({where[0]}, record {where[1]})" if where else ""
+        what = (f"label value outside [0, num_classes) that is not the ignore label 255 in "
+                f"record {bad.group(1)}{where}: values {bad.group(2)}")
+    else:
+        lines = [line.strip() for line in text.splitlines() if line.strip() and not
+                 line.strip().startswith(("[[", "Detected at", "<stack", "Graph execution"))]
+        what = f"reading {data_dir} ({split}): {lines[-1] if lines else text}"
+    return DataError(f"{what}; pass --skip_corrupt to drop such records and go on")
+
+
 def _label_mapper(spec, num_classes, raw_labels, validate):
     lut = None
     if raw_labels:
@@ -147,8 +183,7 @@ def _label_mapper(spec, num_classes, raw_labels, validate):
         def fail():  # only built into the false branch: the error path costs nothing
             check = tf.debugging.Assert(
                 False,
-                ["label value outside [0, num_classes) and not ignore 255 in record",
-                 filename, "values:", tf.unique(tf.reshape(label, [-1]))[0]],
+                [_BAD_LABEL, filename, "values:", tf.unique(tf.reshape(label, [-1]))[0]],
                 summarize=20,
             )
             with tf.control_dependencies([check]):
@@ -235,9 +270,10 @@ def _check_shards(files, compression, check, skip_corrupt):
         return
     try:
         tfrecord.check_shards(files, compression, full=check == "full")
-    except ValueError as e:
+    except DataError as e:
         if not skip_corrupt:
-            raise
+            raise DataError(f"{e}; pass --skip_corrupt to drop unreadable records and "
+                            "go on") from None
         logging.warning("%s -- skip_corrupt=True: reading on, dropping unreadable records", e)
 
 

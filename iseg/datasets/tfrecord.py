@@ -25,6 +25,7 @@ import struct
 import tensorflow as tf
 
 from iseg.datasets import info as info_lib
+from iseg.errors import DataError
 
 EXAMPLE_KEYS = {
     "image/encoded": tf.io.FixedLenFeature((), tf.string),
@@ -251,7 +252,7 @@ def masked_crc32c(data):
 
 
 def check_shard_framing(path):
-    """Number of records in an uncompressed shard; ValueError naming the file if damaged."""
+    """Number of records in an uncompressed shard; DataError naming the file if damaged."""
     size = info_lib.getsize(path)
     count = 0
     pos = 0
@@ -259,19 +260,19 @@ def check_shard_framing(path):
         while pos < size:
             header = f.read(12)
             if len(header) < 12:
-                raise ValueError(
+                raise DataError(
                     f"truncated TFRecord shard {path}: record {count} header cut at byte {pos} "
                     f"(file size {size})"
                 )
             length, crc = struct.unpack("<QI", header)
             if masked_crc32c(header[:8]) != crc:
-                raise ValueError(
+                raise DataError(
                     f"corrupt TFRecord shard {path}: bad length checksum of record {count} at "
                     f"byte {pos}"
                 )
             pos += 12 + length + 4
             if pos > size:
-                raise ValueError(
+                raise DataError(
                     f"truncated TFRecord shard {path}: record {count} needs {length} bytes, "
                     f"file ends {pos - size} bytes early"
                 )
@@ -298,7 +299,7 @@ def check_shards(files, compression="NONE", full=False):
             for _ in read_records(path, ctype):
                 n += 1
         except tf.errors.OpError as e:
-            raise ValueError(
+            raise DataError(
                 f"corrupt or truncated TFRecord shard {path} after record {n}: {e.message}"
             ) from None
         counts[path] = n

@@ -72,6 +72,8 @@ class TrainConfig:
         "windows), 'host' in tf.data; 'auto' is device on GPUs, host on CPUs and TPUs.",
         ["auto", "host", "device"])
     shuffle_buffer: int = option(1000, "Shuffle buffer (examples).")
+    skip_corrupt: bool = option(False, "Drop unreadable records and records with invalid "
+                                "labels (each drop logged) instead of stopping.")
     seed: int = option(0, "Random seed (model init and data order).")
     deterministic: bool = option(False, "Deterministic TF ops (slower on GPUs). The input "
                                  "order is always deterministic for a given --seed.")
@@ -299,7 +301,8 @@ def make_train_dataset_fn(cfg, normalization, resample="host"):
             # element order is always deterministic (cheap) so seeded runs repeat; the
             # --deterministic flag adds deterministic TF ops (slower on GPUs)
             deterministic=True, input_context=input_context, repeat=True,
-            shuffle_buffer=cfg.shuffle_buffer, resample=resample, augment=augment_options(cfg))
+            shuffle_buffer=cfg.shuffle_buffer, resample=resample, augment=augment_options(cfg),
+            skip_corrupt=cfg.skip_corrupt)
     return fn
 
 
@@ -309,7 +312,8 @@ def make_eval_dataset(cfg, normalization, split=None):
     return build_dataset(
         cfg.data_dir, split or cfg.eval_split, training=False,
         batch_size=cfg.eval_batch_size, crop_size=tuple(cfg.crop_size),
-        normalization=normalization, seed=cfg.seed, deterministic=True, repeat=False)
+        normalization=normalization, seed=cfg.seed, deterministic=True, repeat=False,
+        skip_corrupt=cfg.skip_corrupt)
 
 
 def write_run_config(model_dir, cfg, meta, model):

@@ -20,7 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from iseg.datasets import info as info_lib
-from iseg.datasets.pipeline import input_normalization, resample_views
+from iseg.datasets.pipeline import input_error, input_normalization, resample_views
 from iseg.training import checkpoints as ckpt_lib
 from iseg.training import config as config_lib
 from iseg.training import summaries
@@ -278,6 +278,10 @@ def _run_loop(run, train_step, iterator, checkpointer, evaluate_fn):
             except (tf.errors.OutOfRangeError, StopIteration):
                 raise EmptyDatasetError(
                     f"the training split in {cfg.data_dir} yielded no batches") from None
+            except tf.errors.OpError as e:
+                if "IteratorGetNext" not in str(e):
+                    raise
+                raise input_error(cfg.data_dir, "train", e) from None
             step += 1
             dt = time.time() - t0
             if not np.isfinite(logs["loss"]):
