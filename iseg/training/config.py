@@ -270,12 +270,13 @@ def build_model_from_config(cfg, meta):
                     raise ConfigError(str(e)) from None
         head = cfg.head
         build, args = models.build_model, (cfg.head, cfg.backbone, meta.num_classes)
-    _check_head_options(head, cfg.head_options)
     try:
         return build(*args, **opts)
-    except ValueError as e:  # the backbone registry's check of its options
-        if str(e).startswith("Unknown option "):
+    except ValueError as e:
+        if str(e).startswith("Unknown option "):  # the backbone registry's check
             raise ConfigError(f"--backbone_options: {e}") from None
+        if str(e).startswith("Unrecognized keyword arguments"):  # Keras' check
+            _check_head_options(head, cfg.head_options)  # (only here: it draws seeds)
         raise
 
 
