@@ -273,7 +273,7 @@ def build_model_from_config(cfg, meta):
     try:
         return build(*args, **opts)
     except ValueError as e:
-        if str(e).startswith("Unknown option "):  # the backbone registry's check
+        if str(e).startswith("Unknown option ") and " for backbone " in str(e):
             raise ConfigError(f"--backbone_options: {e}") from None
         if str(e).startswith("Unrecognized keyword arguments"):  # Keras' check
             _check_head_options(head, cfg.head_options)  # (only here: it draws seeds)
