@@ -65,6 +65,8 @@ def test_text_demo_config_trains_evaluates_exports_and_resumes(tmp_path, name):
     scalars, images = read_events(str(model_dir / "logs"))
     assert "test/word_accuracy" in scalars and images.get("test/samples") == 1
     assert [s for s, _ in scalars["loss"]] == [1, 2]
+    if name != "faclstm_synth":
+        return  # resuming is the engine's: checked once
     # the same command with more steps resumes from the step-2 checkpoint
     out = _train(tmp_path, name, steps=3)
     assert "Done: 3 steps" in out

@@ -17,9 +17,7 @@ TINY = dict(max_length=4, image_size=(16, 24), encoder_options=dict(
 MODELS = {
     "faclstm": (FACLSTM, dict(decoder_filters=6, attention_units=5, embed_dim=3,
                               mask_filters=4)),
-    "faclstm_resnet": (FACLSTM, dict(decoder_filters=6, attention_units=5, embed_dim=3,
-                                     mask_filters=4, encoder="resnet")),
-    "crnn": (CRNN, dict(hidden=6, num_layers=1)),
+    "crnn": (CRNN, dict(hidden=6, num_layers=1, encoder="resnet")),
 }
 
 
