@@ -94,7 +94,10 @@ def test_cli_writes_the_results_as_json(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     out = tmp_path / "bench.json"
-    returned = _run_cli(*TINY, f"--backends={','.join(backends)}", f"--output={out}")
+    cfg = tmp_path / "tiny.cfg"  # read as the other tools read flag files
+    cfg.write_text("\n".join(TINY) + "\n")
+    returned = _run_cli(f"--flagfile={cfg}", f"--backends={','.join(backends)}",
+                        f"--output={out}")
     result = json.loads(out.read_text())
     assert result == json.loads(json.dumps(returned))
     assert {"date", "command", "flags", "machine", "model", "flops", "peak", "memory",
