@@ -137,7 +137,8 @@ def main(argv):
     print(f"features {n}x{h}x{w}x{c} float32, {FLAGS.ignore_fraction:.0%} ignored, "
           f"forward+backward, median of {FLAGS.repeats}, TF {tf.__version__}, "
           f"{os.cpu_count()} CPU cores")
-    print("| K | implementation | time (ms) | peak extra memory (MiB) | largest [pixels x K] f32 (MiB) |")
+    print("| K | implementation | time (ms) | peak extra memory (MiB) "
+          "| largest [pixels x K] f32 (MiB) |")
     print("|---|---|---|---|---|")
     for k in (int(v) for v in FLAGS.classes):
         labels = rng.integers(0, k, size=(n, h, w))

@@ -47,7 +47,7 @@ def main():
             trainable = [v.value for v in head.trainable_variables]
             frozen = [v.value for v in head.non_trainable_variables]
 
-            def loss(trainable):
+            def loss(trainable, head=head, frozen=frozen):
                 y, _ = head.stateless_call(trainable, frozen, endpoints, training=True)
                 return sum(jax.numpy.mean(t**2) for t in jax.tree_util.tree_leaves(y))
 

@@ -42,7 +42,9 @@ def read_records(path_or_dir, split=None):
             name = ex["image/filename"].bytes_list.value[0].decode()
             import io
 
-            img = np.asarray(Image.open(io.BytesIO(ex["image/encoded"].bytes_list.value[0])).convert("RGB"))
+            img = np.asarray(
+                Image.open(io.BytesIO(ex["image/encoded"].bytes_list.value[0])).convert("RGB")
+            )
             lab = np.asarray(Image.open(io.BytesIO(
                 ex["image/segmentation/class/encoded"].bytes_list.value[0])))
             assert ex["image/height"].int64_list.value[0] == img.shape[0]

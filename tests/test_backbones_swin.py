@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 
-import keras
 
 from iseg.backbones import PatchMerging, SwinBlock, build_backbone
 from iseg.backbones.safetensors import write_safetensors

@@ -174,7 +174,9 @@ def _timm_resnet(model):
         _conv(sd, "conv1.", stem.convs[0])
         _bn(sd, "bn1.", stem.bns[0])
     else:
-        for conv, bn, c, b in zip(stem.convs, stem.bns, (0, 3, 6), ("conv1.1.", "conv1.4.", "bn1.")):
+        for conv, bn, c, b in zip(
+            stem.convs, stem.bns, (0, 3, 6), ("conv1.1.", "conv1.4.", "bn1.")
+        ):
             _conv(sd, f"conv1.{c}.", conv)
             _bn(sd, b, bn)
     for layer in model.layers:
@@ -330,7 +332,9 @@ def test_weight_file_errors(tmp_path):
 
     src = _random_model("resnet18", bn_epsilon=1e-5, **tiny)
     sd = _timm_resnet(src)
-    write_safetensors(tmp_path / "extra.safetensors", {**sd, "layer5.0.conv1.weight": sd["conv1.weight"]})
+    write_safetensors(
+        tmp_path / "extra.safetensors", {**sd, "layer5.0.conv1.weight": sd["conv1.weight"]}
+    )
     with pytest.raises(ValueError, match="no place in backbone.*layer5.0.conv1.weight"):
         build_backbone("resnet18", weights=tmp_path / "extra.safetensors", **tiny)
     write_safetensors(tmp_path / "ok.safetensors", sd)
@@ -379,7 +383,9 @@ def _timm_file(tmp_path, ref, torch):
     return tmp_path / "timm.safetensors"
 
 
-@pytest.mark.parametrize("timm_name,name", [("resnet50d", "resnet50"), ("convnext_tiny", "convnext_tiny")])
+@pytest.mark.parametrize(
+    "timm_name,name", [("resnet50d", "resnet50"), ("convnext_tiny", "convnext_tiny")]
+)
 def test_against_timm(tmp_path, timm_name, name):
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")

@@ -106,7 +106,8 @@ def test_defaults_and_structure():
     assert layer.gate_col.hidden == 128 and len(layer.gate_col.dense) == 5
     # 3 ConvBNReLU 1x1 (no bias) + 2 MLPs of 5 hidden + 1 output Dense (no bias)
     expected = 32 * 64 * 2 + 32 * 512 + (512 * 128 + 4 * 128 * 128 + 128 * 512) * 2
-    assert sum(int(np.prod(w.shape)) for w in layer.trainable_weights) == expected + 2 * (64 * 2 + 512)
+    n = sum(int(np.prod(w.shape)) for w in layer.trainable_weights)
+    assert n == expected + 2 * (64 * 2 + 512)
     with pytest.raises(ValueError, match="group_size"):
         ChannelizedAxialAttention(group_size=0)
 

@@ -73,7 +73,8 @@ SCRIPT = textwrap.dedent(
         layer = CARLoss(k, ignore_label=255, use_ema_centers=True, ema_decay=0.9)
         layer.build(feats.shape)
     out["ema_start"] = layer.ema_centers[0].numpy()
-    ema_losses = tf.function(lambda f, y: strategy.run(layer, args=(f, y)))(part(feats), part(labels))
+    run = tf.function(lambda f, y: strategy.run(layer, args=(f, y)))
+    ema_losses = run(part(feats), part(labels))
     out["ema_after"] = layer.ema_centers[0].numpy()
     for r, v in enumerate(strategy.experimental_local_results(ema_losses["inter_c2c"])):
         out[f"ema_c2c{r}"] = v.numpy()
@@ -117,7 +118,8 @@ def test_losses_local_means_of_global_centres(replicated):
         roots = (np.sqrt(out[f"{name}0"]) + np.sqrt(out[f"{name}1"])) / 2
         np.testing.assert_allclose(roots, np.sqrt(float(full[name])), rtol=1e-5)
         # and the plain average of squares of local means is not the full-batch value
-        assert abs((out[f"{name}0"] + out[f"{name}1"]) / 2 - float(full[name])) > 1e-4 * float(full[name])
+        mean_of_squares = (out[f"{name}0"] + out[f"{name}1"]) / 2
+        assert abs(mean_of_squares - float(full[name])) > 1e-4 * float(full[name])
 
 
 def test_gradients_flow_through_the_all_reduce(replicated):

@@ -43,5 +43,6 @@ def test_car_adds_only_its_one_by_one_convs():
     assert block.end_conv.conv.kernel.shape[:2] == (1, 1)
     assert count(car.trainable_weights) - count(base.trainable_weights) == (
         added - removed
-        + count(block.end_conv.bn.trainable_weights) - count(base.head.end_conv.bn.trainable_weights)
+        + count(block.end_conv.bn.trainable_weights)
+        - count(base.head.end_conv.bn.trainable_weights)
     )

@@ -143,7 +143,9 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match=r"labels \[N, H, W\]"):
         car_losses(np.zeros((1, 2, 2, 3), "float32"), np.zeros((1, 2, 2, 1), "int32"), 3)
     with pytest.raises(ValueError, match="pooling_rates"):
-        car_multi_rate_losses(np.zeros((1, 2, 2, 3), "float32"), np.zeros((1, 2, 2), "int32"), 3, (0,))
+        car_multi_rate_losses(
+            np.zeros((1, 2, 2, 3), "float32"), np.zeros((1, 2, 2), "int32"), 3, (0,)
+        )
 
 
 def test_multi_rate_pools_and_resizes_labels():

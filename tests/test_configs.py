@@ -49,7 +49,8 @@ def test_experiment_resolves(path):
 def test_zoo_rows_use_the_published_recipe(dataset):
     rows = sorted((CONFIGS / dataset).glob("*.cfg"))
     stems = {p.stem for p in rows}
-    for base in ("fcn_r50_d8", "nl_r50_d8", "deeplabv3_r50_d8", "caa_r101_d8", "caa_convnext_l_jpu"):
+    for base in ("fcn_r50_d8", "nl_r50_d8", "deeplabv3_r50_d8", "caa_r101_d8",
+                 "caa_convnext_l_jpu"):
         assert {base, base + "_car"} <= stems, (dataset, base)
     for path in rows:
         if "adam" in path.stem or path.stem.startswith(OWN_RECIPE):

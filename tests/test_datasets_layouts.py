@@ -80,7 +80,9 @@ def build(tmp, layout, rng):
         root = os.path.join(d, "VOCdevkit", "VOC2010")
         for split, ids in (("train", ["c1", "c2"]), ("val", ["c3"])):
             os.makedirs(os.path.join(root, "ImageSets", "SegmentationContext"), exist_ok=True)
-            with open(os.path.join(root, "ImageSets", "SegmentationContext", split + ".txt"), "w") as f:
+            with open(
+                os.path.join(root, "ImageSets", "SegmentationContext", split + ".txt"), "w"
+            ) as f:
                 f.write("\n".join(ids) + "\n")
             for i in ids:
                 img = os.path.join(root, "JPEGImages", i + ".jpg")

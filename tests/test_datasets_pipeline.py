@@ -54,7 +54,9 @@ def _oracle_block(image, label, start, size, out, flip):
             fy, fx = sy - a, sx - b
             img[i, j] = ((1 - fy) * (1 - fx) * win[a, b] + (1 - fy) * fx * win[a, d]
                          + fy * (1 - fx) * win[c, b] + fy * fx * win[c, d])
-            lab[i, j] = lwin[min(int(np.floor(sy + 0.5)), ly - 1), min(int(np.floor(sx + 0.5)), lx - 1)]
+            lab[i, j] = lwin[
+                min(int(np.floor(sy + 0.5)), ly - 1), min(int(np.floor(sx + 0.5)), lx - 1)
+            ]
     if flip:
         img, lab = img[:, ::-1], lab[:, ::-1]
     return img, lab
@@ -62,8 +64,13 @@ def _oracle_block(image, label, start, size, out, flip):
 
 @pytest.mark.parametrize(
     "start,size,out,flip",
-    [((0, 0), (7, 9), (13, 17), False), ((1, 2), (4, 5), (8, 10), True),
-     ((0, 0), (7, 9), (4, 5), True), ((2, 3), (5, 6), (5, 6), False), ((3, 1), (1, 7), (1, 12), True)],
+    [
+        ((0, 0), (7, 9), (13, 17), False),
+        ((1, 2), (4, 5), (8, 10), True),
+        ((0, 0), (7, 9), (4, 5), True),
+        ((2, 3), (5, 6), (5, 6), False),
+        ((3, 1), (1, 7), (1, 12), True),
+    ],
 )
 def test_crop_block_matches_oracle(start, size, out, flip):
     rng = np.random.default_rng(1)
@@ -111,7 +118,9 @@ def test_axis_view_of_a_large_scale():
     scaled = round(n * s)
     starts = set()
     for u in np.linspace(0, 0.999, 200):
-        start, length, out = (int(v) for v in augment.axis_view(n, crop, s, tf.constant(u, tf.float32)))
+        start, length, out = (
+            int(v) for v in augment.axis_view(n, crop, s, tf.constant(u, tf.float32))
+        )
         assert out == crop and 0 <= start and start + length <= n
         step, ref_step = (length - 1) / (crop - 1), (n - 1) / (scaled - 1)
         assert abs(step - ref_step) <= 0.5 / (crop - 1) + 1e-9
@@ -355,7 +364,9 @@ def test_eval_pads_to_crop_and_keeps_size(tmp_path):
         np.testing.assert_allclose(feats["image"][b, :h, :w].numpy(), img / 127.5 - 1, atol=1e-6)
         np.testing.assert_array_equal(labels[b, :h, :w].numpy(), lab)
         assert np.all(feats["image"][b, h:].numpy() == 0) and np.all(labels[b, h:].numpy() == 255)
-        assert np.all(feats["image"][b, :, w:].numpy() == 0) and np.all(labels[b, :, w:].numpy() == 255)
+        assert np.all(feats["image"][b, :, w:].numpy() == 0) and np.all(
+            labels[b, :, w:].numpy() == 255
+        )
 
 
 def test_eval_pads_large_images_to_multiple(tmp_path):

@@ -42,7 +42,9 @@ def _deeplab_record(name, img, lab, with_filename=True):
         "image/height": _feature_int(H),
         "image/width": _feature_int(W),
         "image/channels": _feature_int(3),
-        "image/segmentation/class/encoded": _feature_bytes(tf.io.encode_png(lab[..., None]).numpy()),
+        "image/segmentation/class/encoded": _feature_bytes(
+            tf.io.encode_png(lab[..., None]).numpy()
+        ),
         "image/segmentation/class/format": _feature_bytes(b"png"),
     }
     if with_filename:

@@ -33,10 +33,12 @@ def np_resize_align_corners(x, out_h, out_w):
     out = np.zeros((n, out_h, out_w, c), np.float64)
     for i in range(out_h):
         sy = i * (h - 1) / (out_h - 1) if out_h > 1 else 0.0
-        y0 = int(np.floor(sy)); y1 = min(y0 + 1, h - 1); wy = sy - y0
+        y0 = int(np.floor(sy))
+        y1, wy = min(y0 + 1, h - 1), sy - y0
         for j in range(out_w):
             sx = j * (w - 1) / (out_w - 1) if out_w > 1 else 0.0
-            x0 = int(np.floor(sx)); x1 = min(x0 + 1, w - 1); wx = sx - x0
+            x0 = int(np.floor(sx))
+            x1, wx = min(x0 + 1, w - 1), sx - x0
             out[:, i, j] = ((1 - wy) * (1 - wx) * x[:, y0, x0] + (1 - wy) * wx * x[:, y0, x1]
                             + wy * (1 - wx) * x[:, y1, x0] + wy * wx * x[:, y1, x1])
     return out

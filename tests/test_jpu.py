@@ -10,7 +10,9 @@ from iseg.layers.jpu import JointPyramidUpsampling
 
 def inputs(seed=0):
     rng = np.random.default_rng(seed)
-    return [rng.normal(size=s).astype("float32") for s in ((2, 9, 9, 4), (2, 5, 5, 6), (2, 3, 3, 8))]
+    return [
+        rng.normal(size=s).astype("float32") for s in ((2, 9, 9, 4), (2, 5, 5, 6), (2, 3, 3, 8))
+    ]
 
 
 def test_matches_composition_oracle():
@@ -21,7 +23,9 @@ def test_matches_composition_oracle():
     # oracle: 3x3 conv + BN + ReLU per input, align-corners bilinear to 9x9 (TF v1 resize),
     # concat, depthwise dilated conv with bias + BN, then 1x1 conv + BN + ReLU per rate
     def bn(layer_bn, t):
-        return (t - layer_bn.moving_mean) / tf.sqrt(layer_bn.moving_variance + layer_bn.epsilon) * layer_bn.gamma + layer_bn.beta
+        std = tf.sqrt(layer_bn.moving_variance + layer_bn.epsilon)
+        return (t - layer_bn.moving_mean) / std * layer_bn.gamma + layer_bn.beta
+
     feats = []
     for conv, x in zip(layer.input_convs, xs):
         t = tf.nn.relu(bn(conv.bn, tf.nn.conv2d(x, conv.conv.kernel, 1, "SAME")))
@@ -30,7 +34,10 @@ def test_matches_composition_oracle():
     outs = []
     for d, dw, pw in zip((1, 2, 4, 8), layer.depthwise, layer.pointwise):
         assert dw.conv.dilation_rate == (d, d) and dw.conv.use_bias
-        t = tf.nn.depthwise_conv2d(cat, dw.conv.kernel, (1, 1, 1, 1), "SAME", dilations=(d, d)) + dw.conv.bias
+        t = (
+            tf.nn.depthwise_conv2d(cat, dw.conv.kernel, (1, 1, 1, 1), "SAME", dilations=(d, d))
+            + dw.conv.bias
+        )
         t = bn(dw.bn, t)
         outs.append(tf.nn.relu(bn(pw.bn, tf.nn.conv2d(t, pw.conv.kernel, 1, "SAME"))))
     np.testing.assert_allclose(y, tf.concat(outs, -1).numpy(), atol=1e-4, rtol=1e-4)

@@ -1,4 +1,5 @@
-"""ASPP, PPM, FPN, the DeepLabV3+ low-level fusion: structure and values; `.keras` round trip of every layer of this group."""
+"""ASPP, PPM, FPN, the DeepLabV3+ low-level fusion: structure and values; `.keras` round
+trip of every layer of this group."""
 
 import numpy as np
 import pytest
@@ -146,7 +147,7 @@ def test_layer_keras_round_trip(tmp_path, index):
 
 
 def test_multi_input_layers_keras_round_trip(tmp_path):
-    c2, c3, c5 = keras.Input((None, None, 3)), keras.Input((None, None, 5)), keras.Input((None, None, 4))
+    c2, c3, c5 = (keras.Input((None, None, c)) for c in (3, 5, 4))
     logits = keras.Input((None, None, 5))
     fpn_out = FPN(4, process_top=False)([c2, c3, c5])
     ctx = ObjectContext(key_filters=4)([c5, logits])

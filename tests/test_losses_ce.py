@@ -24,9 +24,9 @@ def _loop_ce(labels, logits, ignore, class_weights=None, reduction="valid_mean",
         probs = sorted(p for _, _, p in losses)
         kth = probs[min(min_kept, len(probs) - 1)]
         t = max(kth, thresh)
-        losses = [(l, wt, p) for l, wt, p in losses if p < t]
-    for l, wt, _ in losses:
-        total += l * wt
+        losses = [(loss, wt, p) for loss, wt, p in losses if p < t]
+    for loss, wt, _ in losses:
+        total += loss * wt
         denom += wt
     if reduction == "all_pixels":
         return total / (n * h * w)
@@ -73,7 +73,9 @@ def test_ce_float16_logits_computed_in_float32(data):
     labels, logits = data
     got = pixel_cross_entropy(labels, logits.astype("float16"))
     assert keras.backend.standardize_dtype(got.dtype) == "float32"
-    assert float(got) == pytest.approx(_loop_ce(labels, logits.astype("float16").astype("float32"), 255), rel=1e-4)
+    assert float(got) == pytest.approx(
+        _loop_ce(labels, logits.astype("float16").astype("float32"), 255), rel=1e-4
+    )
 
 
 def test_ce_rejects_unknown_reduction(data):

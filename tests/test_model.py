@@ -61,7 +61,9 @@ def test_training_outputs_and_loss_terms():
     assert out["feature"].shape == (2, 5, 5, 8)  # input of the end conv, OS8 of 33x35
     terms = model.loss_terms(y, out)
     assert set(terms) == {"ce", "l2"}
-    np.testing.assert_allclose(float(terms["ce"]), float(pixel_cross_entropy(y, out["logits"])), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(terms["ce"]), float(pixel_cross_entropy(y, out["logits"])), rtol=1e-6
+    )
     kernels = [w for w in model.trainable_weights if w.path.endswith("kernel")]
     assert len(kernels) == 5 + 3  # 5 backbone convs, body, end conv, classifier
     l2 = sum(float(np.sum(np.square(np.asarray(w)))) for w in kernels)

@@ -37,7 +37,9 @@ def _loop_bilinear(x, out_h, out_w, align_corners):
 
 
 @pytest.mark.parametrize("align_corners", [True, False])
-@pytest.mark.parametrize("src,dst", [((9, 7), (33, 25)), ((65, 65), (513, 513)), ((12, 10), (5, 4))])
+@pytest.mark.parametrize(
+    "src,dst", [((9, 7), (33, 25)), ((65, 65), (513, 513)), ((12, 10), (5, 4))]
+)
 def test_resize_bilinear_matches_loop_oracle(align_corners, src, dst):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, *src, 3)).astype("float32")
@@ -86,7 +88,11 @@ def test_conv_bn_act_and_image_level_round_trip(tmp_path):
     out = model(data)
     assert out.shape == (2, 11, 9, 12)
     # the image-level branch is constant over space
-    np.testing.assert_allclose(np.asarray(out)[:, :, :, 8:], np.asarray(out)[:, :1, :1, 8:] * np.ones((1, 11, 9, 1)), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(out)[:, :, :, 8:],
+        np.asarray(out)[:, :1, :1, 8:] * np.ones((1, 11, 9, 1)),
+        atol=1e-6,
+    )
     path = tmp_path / "m.keras"
     model.save(path)
     restored = keras.saving.load_model(path)

@@ -3,7 +3,6 @@ readers (label file, LMDB), conversion to TFRecords and the tf.data pipeline."""
 
 import dataclasses
 import io
-import os
 import sys
 
 import numpy as np

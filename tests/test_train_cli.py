@@ -125,8 +125,8 @@ def test_checkpoint_from_a_different_model_names_the_variables(trained, capsys):
         _in_process(evaluate, ["evaluate", f"--flagfile={cfg}", f"--model_dir={model_dir}",
                                "--head_options=channels=8"])
     assert e.value.code == 1
-    errors = [l for l in capsys.readouterr().err.splitlines()
-              if l.startswith("iseg.cli.evaluate: error:")]
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith("iseg.cli.evaluate: error:")]
     assert len(errors) == 1
     assert "does not match the model" in errors[0]
     assert "different shapes" in errors[0] and " vs model (" in errors[0]
@@ -201,7 +201,7 @@ def test_train_cli_on_a_model_dir_in_use_is_one_line(trained, capsys):
             _in_process(train, ["train.py", f"--flagfile={cfg}", f"--model_dir={model_dir}",
                                 "--steps=6"])
     assert e.value.code == 1
-    err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert err == [f"train.py: error: --model_dir={model_dir} is in use by another training "
                    f"run (PID {os.getpid()} on host {socket.gethostname()}, since "
                    f"{err[0].split('since ')[1].split(')')[0]}); wait for it to end or choose "

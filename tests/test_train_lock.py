@@ -35,8 +35,9 @@ def test_a_second_run_fails_at_once_and_a_stale_lock_is_taken_over(tmp_path, cap
             run_toy(tmp_path, steps=4)
         assert str(e.value) == (
             f"--model_dir={tmp_path} is in use by another training run (PID {holder.pid} "
-            f"on host {socket.gethostname()}, since 2026-01-02 03:04:05); wait for it to end or choose "
-            f"another --model_dir (if no run uses it, delete {tmp_path}/.lock)")
+            f"on host {socket.gethostname()}, since 2026-01-02 03:04:05); wait for it to end or "
+            f"choose another --model_dir (if no run uses it, delete {tmp_path}/.lock)"
+        )
         assert checksums(tmp_path) == before
     finally:
         holder.send_signal(signal.SIGKILL)  # dies holding the lock: a stale lock
@@ -57,7 +58,7 @@ def test_lock_is_released_on_errors_and_not_reentrant(tmp_path):
     lock.release()
     with pytest.raises(ZeroDivisionError):
         with ModelDirLock(str(tmp_path)):
-            1 / 0
+            raise ZeroDivisionError
     assert not os.path.exists(tmp_path / ".lock")
     (tmp_path / ".lock").write_text("")  # being written by another run, or damaged
     with pytest.raises(ModelDirInUseError, match=f"unreadable lock file {tmp_path}/.lock"):

@@ -15,6 +15,7 @@ Sources:
 """
 
 import pathlib
+import re
 
 import numpy as np
 
@@ -185,7 +186,10 @@ class TimmSource:
             self._bn(a, stem.bns[0], "bn1.")
         else:
             for conv, bn, ck, bk in zip(
-                stem.convs, stem.bns, ("conv1.0", "conv1.3", "conv1.6"), ("conv1.1.", "conv1.4.", "bn1.")
+                stem.convs,
+                stem.bns,
+                ("conv1.0", "conv1.3", "conv1.6"),
+                ("conv1.1.", "conv1.4.", "bn1."),
             ):
                 self._conv(a, conv, ck)
                 self._bn(a, bn, bk)
@@ -219,14 +223,14 @@ class TimmSource:
             if isinstance(layer, ResNetBlock) and name.startswith("layer1_"):
                 self._res_block(a, layer, f"layer1.{int(name.split('block')[1]) - 1}.")
             elif isinstance(layer, ResNetBlock):  # stage{s}_module{m}_branch{b}_block{k}
-                s, m, b, k = (int(p.lstrip("stagemodulebranchblock")) for p in name.split("_"))
+                s, m, b, k = (int(n) for n in re.findall(r"\d+", name))
                 self._res_block(a, layer, f"stage{s}.{m - 1}.branches.{b}.{k - 1}.")
             elif name.startswith("transition"):  # transition{t}_{i}; a new branch nests once
                 t, i = name[len("transition") :].split("_")
                 nest = "0." if layer.specs[0][2] == 2 else ""
                 self._chain(a, layer, [f"transition{t}.{i}.{nest}"])
             elif name.startswith("stage") and "_fuse" in name:
-                s, m, i = (int(p.lstrip("stagemodulefuse")) for p in name.split("_"))
+                s, m, i = (int(n) for n in re.findall(r"\d+", name))
                 for j, path in layer.paths.items():
                     prefix = f"stage{s}.{m - 1}.fuse_layers.{i}.{j}."
                     steps = [prefix] if j > i else [f"{prefix}{k}." for k in range(i - j)]
@@ -396,7 +400,9 @@ class KerasAppSource:
                 self._pair(a, conv, f"{block.name}_{i + 1}_conv", conv.weights)
                 self._pair(a, bn, f"{block.name}_{i + 1}_bn", bn.weights)
             if block.shortcut_conv is not None:
-                self._pair(a, block.shortcut_conv, f"{block.name}_0_conv", block.shortcut_conv.weights)
+                self._pair(
+                    a, block.shortcut_conv, f"{block.name}_0_conv", block.shortcut_conv.weights
+                )
                 self._pair(a, block.shortcut_bn, f"{block.name}_0_bn", block.shortcut_bn.weights)
 
     def _convnext(self, a, model):
@@ -407,7 +413,9 @@ class KerasAppSource:
             if layer.stem:
                 continue
             i = int(layer.name[len("downsample") :])
-            self._pair(a, layer, f"{p}_downsampling_block_{i - 1}", layer.norm.weights + layer.conv.weights)
+            self._pair(
+                a, layer, f"{p}_downsampling_block_{i - 1}", layer.norm.weights + layer.conv.weights
+            )
         for block in _layers(model, ConvNeXtBlock):
             stage, j = _stage_block(block.name)
             q = f"{p}_stage_{stage - 1}_block_{j - 1}"

@@ -19,7 +19,8 @@ reads and decodes (the trainer does this on GPUs, see `--resample`).
 Evaluation yields ``(features, labels)`` with ``features = {"image", "height", "width",
 "filename"}``: the whole image, normalised, padded bottom/right to `crop_size` if smaller,
 else to a multiple of `pad_to_multiple` (padding is 0 after normalisation, i.e. the mean
-pixel), the original height/width, and labels padded with 255. Eval batches use ``padded_batch`` (pad value 0 / 255), so any batch size works.
+pixel), the original height/width, and labels padded with 255. Eval batches use
+``padded_batch`` (pad value 0 / 255), so any batch size works.
 
 Extra keyword options:
   dataset: spec name (or DatasetSpec); needed when `data_dir` has no dataset_info.json

@@ -57,7 +57,9 @@ class OCRHead(Head):
         car = variant == "car"
         self.channels = channels
         self.key_filters = key_filters
-        self.region_channels = region_channels if region_channels is not None else (None if car else 256)
+        self.region_channels = (
+            region_channels if region_channels is not None else (None if car else 256)
+        )
         self.region_key = region_key or ("c5" if car else "c4")
         self.in_key = in_key
         norm = dict(self.norm_kwargs, dtype=self.dtype_policy)

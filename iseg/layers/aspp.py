@@ -100,12 +100,14 @@ class ASPP(ConvBlock):
         if not (image_pooling or pixel_level or self.rates):
             raise ValueError("ASPP needs at least one branch (image_pooling, pixel_level, rates)")
         norm = self.conv_options
-        self.image_branch = ImageLevel(filters, name="image_pooling", **norm) if image_pooling else None
+        self.image_branch = (ImageLevel(filters, name="image_pooling", **norm)
+                             if image_pooling else None)
         self.pixel_branch = ConvBNAct(filters, 1, name="conv_1x1", **norm) if pixel_level else None
         self.atrous_branches = []
         for rate in self.rates:
             if separable:
-                branch = SeparableConvBNAct(filters, 3, dilation_rate=rate, name=f"sep_rate_{rate}", **norm)
+                branch = SeparableConvBNAct(filters, 3, dilation_rate=rate,
+                                            name=f"sep_rate_{rate}", **norm)
             else:
                 branch = ConvBNAct(filters, 3, dilation_rate=rate, name=f"conv_rate_{rate}", **norm)
             self.atrous_branches.append(branch)

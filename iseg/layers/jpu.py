@@ -70,7 +70,10 @@ class JointPyramidUpsampling(ConvBlock):
             for conv, x in zip(self.input_convs, inputs)
         ]
         y = ops.concatenate(feats, axis=-1)
-        outs = [pw(dw(y, training=training), training=training) for dw, pw in zip(self.depthwise, self.pointwise)]
+        outs = [
+            pw(dw(y, training=training), training=training)
+            for dw, pw in zip(self.depthwise, self.pointwise)
+        ]
         return ops.concatenate(outs, axis=-1)
 
     def compute_output_shape(self, input_shape):

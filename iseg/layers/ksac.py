@@ -54,7 +54,8 @@ class KernelSharingASPP(ConvBlock):
         self.pixel_level = pixel_level
         self.projection_filters = projection_filters
         norm = self.conv_options
-        self.image_branch = ImageLevel(filters, name="image_pooling", **norm) if image_pooling else None
+        self.image_branch = (ImageLevel(filters, name="image_pooling", **norm)
+                             if image_pooling else None)
         self.pixel_branch = ConvBNAct(filters, 1, name="conv_1x1", **norm) if pixel_level else None
         self.rate_bns = [
             keras.layers.BatchNormalization(
@@ -89,13 +90,13 @@ class KernelSharingASPP(ConvBlock):
     def atrous_branches(self, x, training=None):
         """The per-rate outputs `ReLU(BN_r(conv(x, W, dilation=r)))`."""
         kernel = ops.cast(self.shared_kernel, x.dtype)
-        return [
-            ops.relu(bn(ops.conv(x, kernel, strides=1, padding="same", dilation_rate=r), training=training))
-            for r, bn in zip(self.rates, self.rate_bns)
-        ]
+        convs = [ops.conv(x, kernel, strides=1, padding="same", dilation_rate=r)
+                 for r in self.rates]
+        return [ops.relu(bn(c, training=training)) for c, bn in zip(convs, self.rate_bns)]
 
     def call(self, x, training=None):
-        outs = [b(x, training=training) for b in (self.image_branch, self.pixel_branch) if b is not None]
+        branches = (self.image_branch, self.pixel_branch)
+        outs = [b(x, training=training) for b in branches if b is not None]
         atrous = self.atrous_branches(x, training=training)
         if self.fusion == "sum":
             total = atrous[0]

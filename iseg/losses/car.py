@@ -19,8 +19,9 @@ Implementation: class sums and pixel counts are `keras.ops.segment_sum` over the
 pixels (ignored pixels and labels outside `[0, K)` go to a dump segment `K` that is
 dropped), never a `[pixels x classes]` one-hot matmul. The sums are summed across replicas
 with `iseg.distribute.cross_replica_sum` (in a TensorFlow distribution strategy's replica
-context; identity elsewhere) and divided with divide-no-nan. The only `[pixels x K]` tensors are those of the
-centre-to-pixel term, which has the size of the logits. Everything is computed in float32.
+context; identity elsewhere) and divided with divide-no-nan. The only `[pixels x K]`
+tensors are those of the centre-to-pixel term, which has the size of the logits.
+Everything is computed in float32.
 
 Distribution: centres are global; every mean is over the replica's local batch (as the
 original). Because the intra and c2p terms are *squares* of means, the average of the
@@ -61,7 +62,9 @@ def _flatten(features, labels, num_classes, ignore_label):
     channels = features.shape[-1]
     f = ops.reshape(ops.cast(features, "float32"), (-1, channels))
     y = ops.reshape(ops.cast(labels, "int32"), (-1,))
-    valid = ops.logical_and(ops.not_equal(y, ignore_label), ops.logical_and(y >= 0, y < num_classes))
+    valid = ops.logical_and(
+        ops.not_equal(y, ignore_label), ops.logical_and(y >= 0, y < num_classes)
+    )
     segments = ops.where(valid, y, num_classes)
     return f, y, valid, segments
 
@@ -289,7 +292,9 @@ def car_multi_rate_losses(
     for rate in _check_rates(pooling_rates):
         pooled = pool_features(z, rate)
         pooled_labels = resize_labels(labels, spatial_shape(pooled), align_corners)
-        for name, value in car_losses(pooled, pooled_labels, num_classes, ignore_label, **options).items():
+        for name, value in car_losses(
+            pooled, pooled_labels, num_classes, ignore_label, **options
+        ).items():
             total[name] = total[name] + value if name in total else value
     return total
 
@@ -401,7 +406,9 @@ class CARLoss(keras.layers.Layer):
         return total
 
     def compute_output_spec(self, z, labels):
-        return {n: keras.KerasTensor((), dtype="float32") for n in ("intra", "inter_c2c", "inter_c2p")}
+        return {
+            n: keras.KerasTensor((), dtype="float32") for n in ("intra", "inter_c2c", "inter_c2p")
+        }
 
     def get_config(self):
         config = super().get_config()

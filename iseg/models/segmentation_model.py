@@ -15,7 +15,7 @@ from iseg.distribute import replica_loss
 from iseg.losses.car import CARLoss, CAROptions
 from iseg.losses.cross_entropy import pixel_cross_entropy
 from iseg.losses.sar import SARRegularizer, check_sar_options
-from iseg.ops import resize, resize_labels, spatial_shape
+from iseg.ops import resize, spatial_shape
 
 @keras.saving.register_keras_serializable(package="iseg")
 class SegmentationModel(keras.Model):

@@ -67,7 +67,7 @@ def beam_search(step_fn, constants, state, batch_size, steps, go_token, beam_wid
         beam = ops.cast(index // k, "int32")
         token = ops.cast(index % k, "int32")
         rows = ops.reshape(offsets + beam, (-1,))
-        state = _map(lambda t: ops.take(t, rows, axis=0), state)
+        state = _map(lambda t, rows=rows: ops.take(t, rows, axis=0), state)
         history = [ops.take_along_axis(h, beam, axis=1) for h in history] + [token]
         finished = ops.logical_or(ops.take_along_axis(finished, beam, axis=1),
                                   ops.equal(token, EOS))

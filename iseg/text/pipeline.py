@@ -139,7 +139,8 @@ def build_text_dataset(data_dir, split, *, charset, max_length, image_size, chan
         char_boxes = tf.pad(boxes[:max_length], [[0, max_length - tf.shape(boxes[:max_length])[0]],
                                                   [0, 0]])
         return ({"images": x, "tokens": tokens},
-                {"tokens": tokens, "mask": mask, "boxes": tf.ensure_shape(char_boxes, (max_length, 4)),
+                {"tokens": tokens, "mask": mask,
+                 "boxes": tf.ensure_shape(char_boxes, (max_length, 4)),
                  "mask_weight": tf.cast(has_boxes, tf.float32)})
 
     if training:
