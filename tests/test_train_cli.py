@@ -229,7 +229,8 @@ def test_bad_training_flags_are_one_line_and_change_nothing(trained, capsys, fla
         _in_process(train, ["train.py", f"--flagfile={cfg}", f"--model_dir={model_dir}",
                             "--steps=6", flag])
     assert e.value.code == 1
-    err = [l for l in capsys.readouterr().err.splitlines() if "error" in l.lower()]
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if "error" in line.lower()]
     assert len(err) == 1 and err[0].startswith(f"train.py: error: {message}"), err
     if "options" in flag:  # the list goes on; the flags given are not in it
         assert err[0].endswith(", widths" if "backbone" in flag else ", rates, variant")
@@ -283,7 +284,8 @@ def test_damaged_training_records_are_one_line(trained, tmp_path, capsys):
                                 f"--model_dir={tmp_path / ('run_' + data.name)}",
                                 "--batch_size=2", "--steps=8"])
         assert e.value.code == 1
-        err = [l for l in capsys.readouterr().err.splitlines() if "error" in l.lower()]
+        err = [line for line in capsys.readouterr().err.splitlines()
+               if "error" in line.lower()]
         assert len(err) == 1 and err[0].startswith(f"train.py: error: {message}"), err
         assert err[0].endswith("; pass --skip_corrupt to drop unreadable records and go on"
                                if data.name == "cut" else
