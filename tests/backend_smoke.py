@@ -17,9 +17,9 @@ MODELS = {  # name: (head options, CAR options); card_* has CAR on by default
     "fcn_resnet50_d8": (dict(channels=16), {}),
     "caa_resnet50_d8": (dict(channels=16, end_channels=8, guide_filters=4, mlp_hidden=4), {}),
     "hfgd_resnet18": (dict(context_channels=8, num_heads=2, fpn_channels=4), None),
+    # CARD also carries SAR
     "card_resnet18": (dict(channels=8, num_heads=2, decoder_channels=8, low_level_channels=4),
                       dict(filters=8)),
-    "fcn_resnet18": (dict(channels=8, end_channels=8), None),  # with SAR
 }
 
 
@@ -57,7 +57,7 @@ def main():
         model = build_model_from_name(
             name, 3, backbone_options=BACKBONE, head_options=head_options,
             aux_options=dict(channels=8), car=car,
-            sar={} if name == "fcn_resnet18" else None,
+            sar={} if name.startswith("card") else None,
         )
         logits = keras.ops.convert_to_numpy(model(x))
         assert logits.shape == (2, 33, 33, 3) and np.isfinite(logits).all(), name
@@ -67,7 +67,7 @@ def main():
         assert np.isfinite(hist["loss"][0]), (name, hist)
         if car is not None:
             assert "car_intra" in hist, (name, sorted(hist))
-        if name == "fcn_resnet18":
+        if name.startswith("card"):
             assert "sar_anchor" in hist and "sar_pull" in hist, (name, sorted(hist))
         if name.startswith("hfgd"):
             assert "high_level" in hist, (name, sorted(hist))
