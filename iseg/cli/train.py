@@ -3,8 +3,6 @@ and optionally export and write prediction overlays; everything goes under --mod
 
 import os
 
-from absl import logging
-
 from iseg.cli import flags as flags_lib
 
 FLAGS = flags_lib.FLAGS
@@ -15,7 +13,6 @@ def _prepare_data(cfg):
     if cfg.dataset == "shapes" and cfg.data_dir and not os.path.isfile(
             os.path.join(cfg.data_dir, "dataset_info.json")):
         from iseg.datasets.synthetic import ensure_shapes
-        logging.info("generating the synthetic shapes dataset in %s", cfg.data_dir)
         print(f"Generating the synthetic shapes dataset in {cfg.data_dir} ...", flush=True)
         ensure_shapes(cfg.data_dir)
 
