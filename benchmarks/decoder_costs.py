@@ -50,7 +50,7 @@ def main():
     parser.add_argument("--classes", type=int, default=150)
     args = parser.parse_args()
     print(f"{args.backbone}, {args.size}x{args.size} input, {args.classes} classes, inference; "
-          "FLOPs = multiply-accumulates of convs, dense layers and attention matmuls\n")
+          "FLOPs = multiply-accumulates of convs, dense layers, attention matmuls and resizes\n")
     print("| decoder | params total (M) | decoder params (M) | GFLOPs total | decoder GFLOPs |")
     print("|---|---:|---:|---:|---:|")
     for label, head, options in DECODERS:
