@@ -36,31 +36,27 @@ def _resnet(depth, **defaults):
     return builder
 
 
-def _convnext(size):
-    builder = functools.partial(build_convnext, size)
-    builder.family = "convnext"
-    builder.size = size
-    builder.defaults = {}
-    builder.target = build_convnext
+def _builder(target, family, arg_name, arg, **defaults):
+    """`target(arg, **defaults)`, described for the weight importers: its family, its size
+    argument (`size` / `width`) and the defaults it passes."""
+    builder = functools.partial(target, arg, **defaults)
+    builder.family = family
+    setattr(builder, arg_name, arg)
+    builder.defaults = defaults
+    builder.target = target
     return builder
+
+
+def _convnext(size):
+    return _builder(build_convnext, "convnext", "size", size)
 
 
 def _swin(size, window_size=7):
-    builder = functools.partial(build_swin, size, window_size=window_size)
-    builder.family = "swin"
-    builder.size = size
-    builder.defaults = {"window_size": window_size}
-    builder.target = build_swin
-    return builder
+    return _builder(build_swin, "swin", "size", size, window_size=window_size)
 
 
 def _hrnet(width):
-    builder = functools.partial(build_hrnet, width)
-    builder.family = "hrnet"
-    builder.width = width
-    builder.defaults = {}
-    builder.target = build_hrnet
-    return builder
+    return _builder(build_hrnet, "hrnet", "width", width)
 
 
 for _depth in (18, 34, 50, 101, 152):
