@@ -187,7 +187,8 @@ _FLAG_KINDS = {bool: "bool", int: "integer", float: "float", str: "string", tupl
 # `--help` groups of the TrainConfig fields: a group starts at its first field
 _FIELD_GROUPS = {"model": "Model", "dataset": "Data and augmentation",
                  "batch_size": "Optimisation", "sync_bn": "Distribution",
-                 "checkpoint_every": "Checkpoints and outputs", "eval_split": "Evaluation"}
+                 "checkpoint_every": "Checkpoints and outputs", "eval_split": "Evaluation",
+                 "semi": "Semi-supervised"}
 
 
 def _flag_default(value):
@@ -283,7 +284,7 @@ def config_from_flags(argv):
     if "eval_scales" in values:
         values["eval_scales"] = tuple(float(s) for s in values["eval_scales"])
     for name in ("backbone_options", "head_options", "aux_options", "car_options",
-                 "sar_options"):
+                 "sar_options", "semi_options"):
         if name in values:
             values[name] = parse_options(values[name], name)
     values["data_dir"] = resolved_data_dir()

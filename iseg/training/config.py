@@ -12,6 +12,7 @@ import json
 import os
 
 from iseg.errors import ConfigError
+from iseg.semi import methods as semi_methods
 
 
 def option(default, help_text, choices=None):
@@ -127,6 +128,21 @@ class TrainConfig:
     eval_flip: bool = option(False, "Average logits with the horizontally flipped input.")
     eval_batch_size: int = option(1, "Evaluation batch size.")
     eval_steps: int = option(None, "Evaluate only this many batches (None: whole split).")
+    # semi-supervised training (docs/semi_supervised.md)
+    semi: str = option("none", "Semi-supervised method ('none': supervised training).",
+                       ["none", *semi_methods.names()])
+    semi_options: dict = option({}, "Options of the --semi method, key=value,... (Python "
+                                "literals; see docs/semi_supervised.md).")
+    labeled_fraction: float = option(None, "Seeded random partition (--seed): this fraction "
+                                     "of the training split is labeled, the rest unlabeled.")
+    labeled_list: str = option(None, "File listing the labeled examples (UniMatch / CPS / "
+                               "AugSeg list format, or one id a line; matched by file stem).")
+    unlabeled_list: str = option(None, "File listing the unlabeled examples (same formats); "
+                                 "default: every training example not in --labeled_list.")
+    unlabeled_split: str = option(None, "Split read as unlabeled data (default: the "
+                                  "unlabeled part of the training split).")
+    unlabeled_batch_size: int = option(None, "GLOBAL unlabeled batch size (default: "
+                                       "--batch_size).")
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=1, default=list)
@@ -179,6 +195,31 @@ def check_config(cfg):
     for name in ("steps", "batch_size"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name}={getattr(cfg, name)}: must be positive")
+    check_semi(cfg)
+
+
+def check_semi(cfg):
+    """A ConfigError for semi-supervised settings that do not fit together."""
+    if cfg.semi == "none":
+        given = [f"--{n}" for n in ("semi_options", "labeled_fraction", "labeled_list",
+                                    "unlabeled_list", "unlabeled_split",
+                                    "unlabeled_batch_size") if getattr(cfg, n)]
+        if given:
+            raise ConfigError(f"{given[0]} given without --semi (a semi-supervised method)")
+        return
+    semi_methods.build_method(cfg.semi, cfg.semi_options)  # unknown name / option
+    fraction = cfg.labeled_fraction
+    if fraction is not None and not 0.0 < fraction < 1.0:
+        raise ConfigError(f"--labeled_fraction={fraction}: must be in (0, 1)")
+    sources = [n for n in ("labeled_fraction", "labeled_list") if getattr(cfg, n) is not None]
+    if len(sources) != 1:
+        raise ConfigError(f"--semi={cfg.semi} needs exactly one of --labeled_fraction and "
+                          f"--labeled_list (given: {', '.join(sources) or 'neither'})")
+    if cfg.unlabeled_list and cfg.unlabeled_split:
+        raise ConfigError("give --unlabeled_list or --unlabeled_split, not both")
+    if cfg.unlabeled_batch_size is not None and cfg.unlabeled_batch_size <= 0:
+        raise ConfigError(f"--unlabeled_batch_size={cfg.unlabeled_batch_size}: must be "
+                          "positive")
 
 
 def check_crop_size(cfg, model):

@@ -1,0 +1,132 @@
+"""The interface between the semi-supervised engine and a method.
+
+A method (`SemiMethod`) turns one zipped batch into weighted loss terms; the engine
+(`iseg.semi.engine`) owns the tape, the optimizer step, the teacher update, checkpoints and
+logging. `SemiContext` is what the engine hands the method for one replica step: the
+networks (student, teacher, peer) and the data conventions.
+"""
+
+import tensorflow as tf
+
+from iseg.datasets.pipeline import normalize as normalize_images
+from iseg.errors import ConfigError
+
+TEACHERS = ("self", "ema", "peer")
+
+
+class SemiMethod:
+    """A semi-supervised method: a small composition of the `iseg.semi` pieces.
+
+    Class attributes:
+      name: the registry name (`--semi=<name>`).
+      teacher: "self" (the student's own detached inference-mode prediction), "ema" (an
+        EMA copy of the student, `iseg.semi.teacher`), "peer" (a second network trained
+        jointly, as CPS does).
+      unlabeled_streams: 1, or 2 when the method mixes with a second, independent
+        unlabeled batch (`batch["u_image2"]`, `batch["u_ignore2"]`).
+      defaults: option name -> default (the official VOC value); `--semi_options=k=v,...`
+        overrides them.
+      ema_options: for teacher "ema", the options of `iseg.semi.teacher.EMATeacher`
+        (names of `defaults`), e.g. ``{"alpha": "ema_alpha"}``.
+    """
+
+    name = None
+    teacher = "self"
+    unlabeled_streams = 1
+    defaults = {}
+
+    def __init__(self, options=None):
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            valid = ", ".join(sorted(self.defaults)) or "(none)"
+            raise ConfigError(f"--semi_options: unknown option {unknown[0]!r} for method "
+                              f"{self.name!r}. Valid options: {valid}")
+        self.options = {**self.defaults, **options}
+
+    def build(self, ctx):
+        """Create extra Keras layers / tf.Variables (thresholds, heads); called once, in
+        the strategy scope, before training (and before a checkpoint is restored)."""
+
+    def trainable_layers(self):
+        """Extra layers trained with the student (e.g. a correlation head)."""
+        return []
+
+    def state(self):
+        """name -> tf.Variable kept in checkpoints (e.g. an adaptive threshold)."""
+        return {}
+
+    def loss_terms(self, ctx, batch, seed):
+        """dict name -> weighted float32 scalar (this replica's batch); the loss is their
+        sum. `batch`: see `iseg.semi.data`; `seed`: an int32 [2] stateless seed."""
+        raise NotImplementedError
+
+
+class SemiContext:
+    """What one replica step of the engine gives the method.
+
+    Args:
+      student: the `SegmentationModel` being trained.
+      teacher_model: the EMA teacher (teacher "ema"), else None.
+      peer_model: the peer network (teacher "peer"), else None.
+      normalization: the input normalisation of the student (`input_normalization`).
+      num_classes, ignore_label: from the dataset.
+      step: int64 scalar tensor, the optimizer step before this update.
+      total_steps: the number of optimizer steps of the run.
+    """
+
+    def __init__(self, student, *, normalization, num_classes, ignore_label, step,
+                 total_steps, teacher_model=None, peer_model=None):
+        self.model = student
+        self.teacher_model = teacher_model
+        self.peer_model = peer_model
+        self.normalization = normalization
+        self.num_classes = int(num_classes)
+        self.ignore_label = int(ignore_label)
+        self.step = step
+        self.total_steps = int(total_steps)
+
+    def normalize(self, images):
+        """float32 [0, 255] images -> the student's input."""
+        return normalize_images(images, self.normalization)
+
+    def student(self, x, training=True):
+        """The student's output on normalised `x` (training: a dict with "logits", ...)."""
+        return self.model(x, training=training)
+
+    def student_eval(self, x):
+        """The student's logits in inference mode (BN moving statistics), no gradient."""
+        return tf.stop_gradient(self.model(x, training=False))
+
+    def teacher(self, x):
+        """Teacher logits, inference mode, no gradient: the EMA model, else the student."""
+        if self.teacher_model is None:
+            return self.student_eval(x)
+        return tf.stop_gradient(self.teacher_model(x, training=False))
+
+    def peer(self, x, training=True):
+        """The peer network's output ("peer" methods)."""
+        if self.peer_model is None:
+            raise ValueError("this method has no peer network (teacher != 'peer')")
+        return self.peer_model(x, training=training)
+
+    def encode(self, x, training=True):
+        """The student's backbone endpoints (dict) for normalised `x`."""
+        return self.model.encode(x, training=training)
+
+    def decode(self, endpoints, size, training=True):
+        """The student's head output for `endpoints`, logits resized to `size`."""
+        return self.model.decode(endpoints, size, training=training)
+
+    def supervised(self, labels, outputs):
+        """dict of the student's own supervised loss terms (CE, aux, CAR, SAR, ...)."""
+        return self.model.loss_terms(labels, outputs, training=True)
+
+
+def check_teacher(method):
+    """ValueError for a method class whose `teacher` / `unlabeled_streams` are invalid."""
+    if method.teacher not in TEACHERS:
+        raise ValueError(f"{method.name}: teacher must be one of {TEACHERS}, got "
+                         f"{method.teacher!r}")
+    if method.unlabeled_streams not in (1, 2):
+        raise ValueError(f"{method.name}: unlabeled_streams must be 1 or 2")
