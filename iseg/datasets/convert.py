@@ -16,6 +16,7 @@ Worker processes only use numpy and PIL; records are built and written by the pa
 """
 
 import functools
+import importlib.util
 import io
 import math
 import multiprocessing
@@ -29,6 +30,7 @@ from absl import logging
 from PIL import Image
 
 from iseg.datasets import info as info_lib
+from iseg.datasets import records
 from iseg.datasets.layouts import ConversionError, list_pairs, read_raw_label
 from iseg.datasets.specs import get_dataset_spec
 
@@ -109,8 +111,26 @@ def _iter_encoded(pairs, encode, num_workers):
         yield from pool.imap(encode, pairs, chunksize=4)
 
 
-def _write_split(spec, split, pairs, staging, num_shards, compression, num_workers, progress):
+WRITERS = ("auto", "tensorflow", "python")
+
+
+def open_record_writer(path, compression, writer="auto"):
+    """A record writer: TensorFlow's (its checksums run in C++) for ``"tensorflow"``, or
+    for ``"auto"`` when TensorFlow is installed; else the plain-Python
+    `records.RecordWriter` (the same bytes)."""
+    if writer not in WRITERS:
+        raise ValueError(f"writer must be one of {WRITERS}, got {writer!r}")
+    if writer == "auto":
+        writer = "tensorflow" if importlib.util.find_spec("tensorflow") else "python"
+    if writer == "python":
+        return records.RecordWriter(path, compression)
     from iseg.datasets import tfrecord  # pylint: disable=import-outside-toplevel
+
+    return tfrecord.record_writer(path, compression)
+
+
+def _write_split(spec, split, pairs, staging, num_shards, compression, num_workers, progress,
+                 writer_kind):
     from iseg.progress import progress_bar  # pylint: disable=import-outside-toplevel
 
     n = len(pairs)
@@ -143,9 +163,10 @@ def _write_split(spec, split, pairs, staging, num_shards, compression, num_worke
                 shard += 1
                 name = info_lib.shard_name(split, shard, num_shards)
                 files.append(name)
-                writer = tfrecord.record_writer(os.path.join(staging, name), compression)
+                writer = open_record_writer(os.path.join(staging, name), compression,
+                                            writer_kind)
             writer.write(
-                tfrecord.make_example(
+                records.make_example(
                     ex["image"], ex["format"], ex["height"], ex["width"], ex["label"], ex["key"]
                 )
             )
@@ -194,19 +215,18 @@ def convert_dataset(
     compression="NONE",
     num_workers=None,
     progress=True,
+    writer="auto",
     **spec_options,
 ):
     """Convert `dataset` (name or DatasetSpec) from `data_dir` into `output_dir`.
 
     `num_shards`: int, or a dict {split: int}; default about one shard per 500 examples.
+    `writer`: the record writer (see `open_record_writer`).
     Returns the info dict written to ``dataset_info.json``. Converting some splits into a
     folder that already holds others keeps the others (their entries are merged).
     """
-    from iseg.datasets import tfrecord  # pylint: disable=import-outside-toplevel
-
     spec = get_dataset_spec(dataset, **spec_options)
-    compression = (compression or "NONE").upper()
-    tfrecord.compression_type(compression)
+    compression = records.check_compression(compression)
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data_dir {data_dir} does not exist")
     if splits is None:
@@ -230,8 +250,8 @@ def convert_dataset(
         for s in splits:
             logging.info("converting %s/%s: %d examples", spec.name, s, len(pairs[s]))
             split_infos[s] = _write_split(
-                spec, s, pairs[s], staging, num_shards, compression, num_workers, progress
-            )
+                spec, s, pairs[s], staging, num_shards, compression, num_workers, progress,
+                writer)
         old = {}
         old_path = os.path.join(output_dir, info_lib.INFO_FILE)
         if os.path.isfile(old_path):

@@ -91,8 +91,10 @@ def generate_shapes(
     num_shards=2,
     compression="NONE",
     num_workers=0,
+    writer="auto",
 ):
-    """Generate and convert the shapes dataset into `output_dir`; returns its info dict."""
+    """Generate and convert the shapes dataset into `output_dir`; returns its info dict
+    (`writer`: see `iseg.datasets.convert.open_record_writer`)."""
     if num_train < num_shards or num_val < 1:
         raise ValueError(
             f"shapes needs num_train >= num_shards ({num_shards}) and num_val >= 1, "
@@ -104,7 +106,7 @@ def generate_shapes(
         shards = {"train": num_shards, "val": min(num_shards, num_val)}
         return convert_dataset(
             "shapes", raw_dir, output_dir, splits=["train", "val"], num_shards=shards,
-            compression=compression, num_workers=num_workers, progress=False,
+            compression=compression, num_workers=num_workers, progress=False, writer=writer,
         )
     finally:
         shutil.rmtree(raw_dir, ignore_errors=True)

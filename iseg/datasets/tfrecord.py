@@ -20,11 +20,11 @@ error naming the file instead of a failure deep inside training; ``full=True`` a
 every record through TensorFlow (payload CRCs, compressed files).
 """
 
-import struct
-
 import tensorflow as tf
 
 from iseg.datasets import info as info_lib
+from iseg.datasets import records
+from iseg.datasets.records import COMPRESSIONS, crc32c, make_example, masked_crc32c  # noqa: F401
 from iseg.errors import DataError
 
 EXAMPLE_KEYS = {
@@ -42,14 +42,10 @@ ISEG_KEYS = {
     "depth": tf.io.FixedLenFeature((), tf.int64, default_value=3),
 }
 RECORD_FORMATS = ("example", "iseg_float", "iseg_jpeg")
-COMPRESSIONS = ("NONE", "GZIP", "ZLIB")
 
 
 def compression_type(compression):
-    c = (compression or "NONE").upper()
-    if c not in COMPRESSIONS:
-        raise ValueError(
-            f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    c = records.check_compression(compression)
     return "" if c == "NONE" else c
 
 
@@ -72,21 +68,6 @@ def _bytes(v):
 
 def _int(v):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
-
-
-def make_example(image_bytes, image_format, height, width, label_png, filename):
-    """A serialized `tf.train.Example` with the TF DeepLab / Model Garden keys."""
-    feature = {
-        "image/encoded": _bytes(image_bytes),
-        "image/format": _bytes(image_format.encode()),
-        "image/height": _int(height),
-        "image/width": _int(width),
-        "image/channels": _int(3),
-        "image/filename": _bytes(filename.encode()),
-        "image/segmentation/class/encoded": _bytes(label_png),
-        "image/segmentation/class/format": _bytes(b"png"),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 def make_iseg_example(image, label, jpeg=False):
@@ -226,59 +207,11 @@ def resolve_format(files, record_format="auto", compression="NONE"):
 # ----------------------------------------------------------------------------- checking
 
 
-def _crc32c_table():
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data):
-    c = 0xFFFFFFFF
-    for b in data:
-        c = _CRC_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data):
-    c = crc32c(data)
-    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 def check_shard_framing(path):
     """Number of records in an uncompressed shard; DataError naming the file if damaged."""
     size = info_lib.getsize(path)
-    count = 0
-    pos = 0
     with info_lib.open_file(path, "rb") as f:
-        while pos < size:
-            header = f.read(12)
-            if len(header) < 12:
-                raise DataError(
-                    f"truncated TFRecord shard {path}: record {count} header cut at byte {pos} "
-                    f"(file size {size})"
-                )
-            length, crc = struct.unpack("<QI", header)
-            if masked_crc32c(header[:8]) != crc:
-                raise DataError(
-                    f"corrupt TFRecord shard {path}: bad length checksum of record {count} at "
-                    f"byte {pos}"
-                )
-            pos += 12 + length + 4
-            if pos > size:
-                raise DataError(
-                    f"truncated TFRecord shard {path}: record {count} needs {length} bytes, "
-                    f"file ends {pos - size} bytes early"
-                )
-            f.seek(pos)
-            count += 1
-    return count
+        return sum(1 for _ in records.scan_frames(f, path, size))
 
 
 def check_shards(files, compression="NONE", full=False):
