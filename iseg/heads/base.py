@@ -105,6 +105,21 @@ class Head(keras.layers.Layer):
             "classifier_input": classifier_input,
         }
 
+    def endpoint_keys(self):
+        """The endpoints `call` reads, in a fixed order without repeats: the declared
+        `in_keys`, then `region_key`, `in_key`, `low_level_key` where the head has them.
+        Heads that read endpoints conditionally override this. A feature perturbation or
+        a neck (`SegmentationModel(neck=...)`) acts on exactly these."""
+        keys = list(getattr(self, "in_keys", ()))
+        keys += [getattr(self, n, None) for n in ("region_key", "in_key", "low_level_key")]
+        keys = list(dict.fromkeys(k for k in keys if k is not None))
+        if not keys:
+            raise ValueError(
+                f"{type(self).__name__} does not declare the endpoints it reads: give it "
+                "`in_key` / `in_keys` or override `endpoint_keys()`"
+            )
+        return keys
+
     def sar_classifier(self):
         """(kernel [D, K], bias [K]) of the classifier SAR's anchors go through."""
         return self.classifier.kernel[0, 0], self.classifier.bias

@@ -96,6 +96,9 @@ class CAAHead(Head):
         y = ops.concatenate([y, self.image_level(x, training=training)], axis=-1)
         return dict(self._classify(y, training), head_input=x)
 
+    def endpoint_keys(self):
+        return list(self.jpu_keys) if self.jpu is not None else [self.in_key]
+
     def get_config(self):
         config = super().get_config()
         config.update(

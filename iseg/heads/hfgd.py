@@ -115,6 +115,9 @@ class HFGDHead(Head):
             out["high_level_logits"] = self.classifier(self.dropout(high, training=training))
         return out
 
+    def endpoint_keys(self):
+        return list(self.in_keys) + ([self.stem_key] if self.output_stride == 2 else [])
+
     def sar_classifier(self):
         """The class tokens as the upsampler sees them (behind the gradient scale)."""
         return self._gs(self.classifier.kernel[0, 0]), self._gs(self.classifier.bias)

@@ -177,8 +177,17 @@ class SegmentationModel(keras.Model):
         self.built = True
 
     def call(self, images, training=None):
-        size = spatial_shape(images)
-        endpoints = self.backbone(images, training=training)
+        return self.decode(self.encode(images, training), spatial_shape(images), training)
+
+    def encode(self, images, training=None):
+        """The backbone's endpoint dict for (normalised) `images`: what the head reads."""
+        return self.backbone(images, training=training)
+
+    def decode(self, endpoints, size, training=None):
+        """The head (and aux head) on `endpoints`, logits resized to `size` (H, W): what
+        `call` returns (logits at inference, the training dict under `training=True`).
+        `decode(encode(x), spatial_shape(x))` is `call(x)`; the semi-supervised feature
+        perturbation perturbs the endpoints `head_endpoints()` names in between."""
         out = self.head(endpoints, training=training)
         logits = self._upsample(out["logits"], size)
         if not training:
@@ -198,6 +207,11 @@ class SegmentationModel(keras.Model):
             aux = self.aux_head(endpoints, training=training)["logits"]
             result["aux_logits"] = self._upsample(aux, size)
         return result
+
+    def head_endpoints(self):
+        """The endpoints the main head reads (e.g. ["c5", "c2"] for DeepLabV3+); the aux
+        head, when there is one, reads `aux_options["in_key"]` ("c4") besides."""
+        return self.head.endpoint_keys()
 
     def _upsample(self, logits, size):
         return resize(ops.cast(logits, "float32"), size, align_corners=self.align_corners)
