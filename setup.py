@@ -32,6 +32,7 @@ setup(
             "iseg-export=iseg.cli.export:run",
             "iseg-predict=iseg.cli.predict:run",
             "iseg-convert=iseg.cli.convert:run",
+            "iseg-partition=iseg.cli.partition:run",
             "iseg-benchmark=iseg.cli.benchmark:run",
         ]
     },

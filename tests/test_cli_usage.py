@@ -19,6 +19,7 @@ TOOLS = {  # entry point -> (a flag only it lists in --help, a flag it does not 
     "iseg.cli.export": ("--export_scales=", "--eval_flip"),
     "iseg.cli.predict": ("--input=", "--model_dir="),
     "iseg.cli.convert": ("--num_shards=", "--model_dir="),
+    "iseg.cli.partition": ("--labeled_fraction=", "--lr="),
     "iseg.cli.benchmark": ("--matmul_size=", "--lr="),
 }
 NOISE = ("cuda", "cuinit", "cpu_feature", "optimized to use available cpu", "onednn",

@@ -54,6 +54,9 @@ def test_semi_flags_are_checked(toy_registered):
     with pytest.raises(ConfigError, match="unknown option 'x' for method 'toy'"):
         check_config(TrainConfig(semi="toy", semi_options={"x": 1}, labeled_fraction=0.5,
                                  **base))
+    with pytest.raises(ConfigError, match="^--unlabeled_list needs --labeled_list$"):
+        check_config(TrainConfig(semi="toy", labeled_fraction=0.5, unlabeled_list="u",
+                                 **base))
     check_config(TrainConfig(semi="toy", labeled_fraction=0.25, **base))  # fine
 
 

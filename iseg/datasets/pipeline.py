@@ -38,6 +38,13 @@ Extra keyword options:
   cycle_length: number of shards read in parallel (default: min(shards, 8) in training,
     1 in evaluation so records come in file order).
   resample: "host" (default) or "device" (training only, see above).
+  keep_filenames: keep only the records whose ``image/filename`` is in this collection
+    (a partition of a split, `iseg.semi.partition`); records are matched by a 62-bit
+    hash of the name, before shuffling.
+  drop_labels: replace each label by zeros before augmenting (unlabeled data: the
+    padding is then the only ignore label, and no label value reaches the batch).
+
+With ``normalization=None`` training images stay on the 0..255 scale (padding 0).
 
 Normalisation: ``"minus_one_to_one"`` is ``x / 127.5 - 1``; ``"imagenet"`` is
 ``(x - mean) / std`` with the ImageNet RGB mean/std on the 0..255 scale.
@@ -103,8 +110,10 @@ def mean_pixel(mode="minus_one_to_one"):
 
 def resample_views(views, normalization="minus_one_to_one"):
     """A batch from ``build_dataset(..., resample="device")`` -> ``(images, labels)``, as
-    ``resample="host"`` yields them (see `augment.resample_views`)."""
-    _check_mode(normalization)
+    ``resample="host"`` yields them (see `augment.resample_views`); `normalization`
+    None leaves the images on the 0..255 scale."""
+    if normalization is not None:
+        _check_mode(normalization)
     return augment_lib.resample_views(views, normalization, IGNORE_LABEL)
 
 
@@ -131,20 +140,52 @@ def _resolve_source(data_dir, split, dataset, compression, file_pattern):
 
 
 _BAD_LABEL = "label value outside [0, num_classes) and not ignore 255 in record"
+_FILENAME = {"image/filename": tf.io.FixedLenFeature((), tf.string, default_value="")}
+
+
+def _record_filename(record):
+    return tf.io.parse_single_example(record, _FILENAME)["image/filename"]
+
+
+def _shard_filenames(path, compression):
+    names = tfrecord.read_records(path, compression).map(_record_filename)
+    return [name.decode() for name in names.as_numpy_iterator()]
+
+
+def record_filenames(data_dir, split):
+    """The ``image/filename`` of every record of `split`, in file order ('' where a
+    record has none)."""
+    files, _, _, compression = _resolve_source(data_dir, split, None, None, None)
+    return [name for path in files for name in _shard_filenames(path, compression)]
 
 
 def locate_record(data_dir, split, filename):
     """(shard, index) of the record of `split` whose image/filename is `filename`, or
     None."""
     files, _, _, compression = _resolve_source(data_dir, split, None, None, None)
-    spec = {"image/filename": tf.io.FixedLenFeature((), tf.string, default_value="")}
     for path in files:
-        names = tfrecord.read_records(path, compression).map(
-            lambda r: tf.io.parse_single_example(r, spec)["image/filename"])
-        for index, name in enumerate(names.as_numpy_iterator()):
-            if name.decode() == filename:
-                return path, index
+        names = _shard_filenames(path, compression)
+        if filename in names:
+            return path, names.index(filename)
     return None
+
+
+_HASH_BUCKETS = 2**62
+
+
+def filename_filter(keep_filenames):
+    """A predicate serialized record -> bool: its image/filename is in `keep_filenames`
+    (compared by 62-bit hash: stateless, so input iterators stay checkpointable)."""
+    names = list(set(keep_filenames))
+    hashes = tf.strings.to_hash_bucket_fast(names, _HASH_BUCKETS).numpy() if names else []
+    table = tf.constant(sorted(set(hashes)) or [-1], tf.int64)  # (-1: matches nothing)
+
+    def keep(record):
+        h = tf.strings.to_hash_bucket_fast(_record_filename(record), _HASH_BUCKETS)
+        i = tf.minimum(tf.searchsorted(table, h[None])[0], tf.size(table) - 1)
+        return tf.equal(table[i], h)
+
+    return keep
 
 
 def input_error(data_dir, split, error):
@@ -220,9 +261,12 @@ def build_dataset(
     validate_labels=True,
     cycle_length=None,
     resample="host",
+    keep_filenames=None,
+    drop_labels=False,
 ):
     """A batched `tf.data.Dataset` for training or evaluation (see module docstring)."""
-    _check_mode(normalization)
+    if normalization is not None or not training:
+        _check_mode(normalization)
     if resample not in RESAMPLE:
         raise ValueError(f"resample must be one of {RESAMPLE}, got {resample!r}")
     if training and crop_size is None:
@@ -239,6 +283,8 @@ def build_dataset(
 
     def read(record):  # (example dict, label with its values checked / mapped)
         ex = decode(record)
+        if drop_labels:
+            return ex, tf.zeros_like(ex["label"])
         return ex, fix_label(ex["label"], ex["filename"])
 
     if repeat is None:
@@ -251,7 +297,8 @@ def build_dataset(
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     ds = _records(files, compression, training=training, seed=seed,
                   deterministic=deterministic, input_context=input_context, repeat=repeat,
-                  shuffle_buffer=shuffle_buffer, cycle_length=cycle_length)
+                  shuffle_buffer=shuffle_buffer, cycle_length=cycle_length,
+                  keep=None if keep_filenames is None else filename_filter(keep_filenames))
     if training:
         ds = _training_batches(ds, read, batch_size, crop_size, normalization, seed,
                                deterministic, skip_corrupt, resample, augment)
@@ -279,10 +326,11 @@ def _check_shards(files, compression, check, skip_corrupt):
 
 
 def _records(files, compression, *, training, seed, deterministic, input_context, repeat,
-             shuffle_buffer, cycle_length):
+             shuffle_buffer, cycle_length, keep=None):
     """The serialized records of this input pipeline's share: shards shuffled and
     interleaved in training (read one after another in evaluation, so records come in
-    file order), records shuffled in training, repeated if asked."""
+    file order), those `keep` accepts (all when None), records shuffled in training,
+    repeated if asked."""
     shard_records = False
     ds = tf.data.Dataset.from_tensor_slices(files)
     if input_context is not None and input_context.num_input_pipelines > 1:
@@ -302,6 +350,8 @@ def _records(files, compression, *, training, seed, deterministic, input_context
         )
     else:
         ds = ds.interleave(read, cycle_length=1)
+    if keep is not None:
+        ds = ds.filter(keep)
     if shard_records:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if training:

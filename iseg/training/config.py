@@ -137,10 +137,12 @@ class TrainConfig:
                                      "of the training split is labeled, the rest unlabeled.")
     labeled_list: str = option(None, "File listing the labeled examples (UniMatch / CPS / "
                                "AugSeg list format, or one id a line; matched by file stem).")
-    unlabeled_list: str = option(None, "File listing the unlabeled examples (same formats); "
-                                 "default: every training example not in --labeled_list.")
-    unlabeled_split: str = option(None, "Split read as unlabeled data (default: the "
-                                  "unlabeled part of the training split).")
+    unlabeled_list: str = option(None, "File listing the unlabeled examples (same formats, "
+                                 "ids of --unlabeled_split); default: every training "
+                                 "example not in --labeled_list.")
+    unlabeled_split: str = option(None, "Split read as unlabeled data: all of it, or the "
+                                  "examples --unlabeled_list names (default: the unlabeled "
+                                  "part of the training split).")
     unlabeled_batch_size: int = option(None, "GLOBAL unlabeled batch size (default: "
                                        "--batch_size).")
 
@@ -215,8 +217,8 @@ def check_semi(cfg):
     if len(sources) != 1:
         raise ConfigError(f"--semi={cfg.semi} needs exactly one of --labeled_fraction and "
                           f"--labeled_list (given: {', '.join(sources) or 'neither'})")
-    if cfg.unlabeled_list and cfg.unlabeled_split:
-        raise ConfigError("give --unlabeled_list or --unlabeled_split, not both")
+    if cfg.unlabeled_list and not cfg.labeled_list:
+        raise ConfigError("--unlabeled_list needs --labeled_list")
     if cfg.unlabeled_batch_size is not None and cfg.unlabeled_batch_size <= 0:
         raise ConfigError(f"--unlabeled_batch_size={cfg.unlabeled_batch_size}: must be "
                           "positive")
