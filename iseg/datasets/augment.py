@@ -32,31 +32,10 @@ colour changes once; `augment` (host) and `augment_views` + `resample_views` (de
 both apply that one draw.
 """
 
-import dataclasses
-
 import tensorflow as tf
 
+from iseg.datasets.np_augment import IMAGENET_MEAN, IMAGENET_STD, AugmentOptions  # noqa: F401
 from iseg.datasets.tfrecord import decode_rgb
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentOptions:
-    """What a random training view may change.
-
-    scale_range, scale_step: scale factors ``min, min + step, ..., max`` (continuous in
-      the range when `scale_step` is None or 0); `scales`: an explicit list instead.
-    flip: horizontal flip with p 0.5.
-    brightness: an additive change with p 0.5, uniform in +-`max_brightness_delta`.
-    photometric: contrast, then saturation, each with p 0.5 and a factor in 0.5..1.5.
-    """
-
-    scale_range: tuple = (0.5, 2.0)
-    scale_step: float = 0.25
-    scales: tuple = None
-    flip: bool = True
-    brightness: bool = True
-    max_brightness_delta: float = 32.0
-    photometric: bool = False
 
 
 def axis_view(in_len, crop_len, scale, u):
@@ -392,10 +371,6 @@ def _scale_saturation(image, factor):
     # s' / s = min(factor, 1 / s); grey pixels (spread 0) stay as they are
     ratio = tf.minimum(factor, v / tf.maximum(spread, 1e-12))
     return tf.where(spread > 0, v - (v - image) * ratio, image)
-
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 def _affine_params(delta, mode):

@@ -58,6 +58,11 @@ from absl import logging
 
 from iseg.datasets import augment as augment_lib
 from iseg.datasets.augment import AugmentOptions
+from iseg.datasets.np_augment import (  # noqa: F401  (re-exported)
+    DEFAULT_NORMALIZATION,
+    NORMALIZATIONS,
+    input_normalization,
+)
 from iseg.datasets import info as info_lib
 from iseg.datasets import tfrecord
 from iseg.datasets.specs import IGNORE_LABEL, get_dataset_spec
@@ -65,18 +70,8 @@ from iseg.errors import DataError
 
 IMAGENET_MEAN = augment_lib.IMAGENET_MEAN
 IMAGENET_STD = augment_lib.IMAGENET_STD
-NORMALIZATIONS = ("minus_one_to_one", "imagenet")
 RESAMPLE = ("host", "device")
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-DEFAULT_NORMALIZATION = "minus_one_to_one"
-
-
-def input_normalization(model):
-    """The input normalisation `model` expects: its `normalization` (SegmentationModel
-    stores the one its backbone's weights were trained with), else the default."""
-    return getattr(model, "normalization", DEFAULT_NORMALIZATION)
 
 
 def _check_mode(mode):

@@ -325,7 +325,7 @@ def build_model_from_config(cfg, meta):
 
 def augment_options(cfg):
     """The training views' `AugmentOptions` from the config."""
-    from iseg.datasets.augment import AugmentOptions
+    from iseg.datasets.np_augment import AugmentOptions
 
     return AugmentOptions(scale_range=(cfg.min_scale, cfg.max_scale),
                           scale_step=cfg.scale_step, flip=cfg.flip,
@@ -365,7 +365,7 @@ def write_run_config(model_dir, cfg, meta, model):
     evaluate / export / predict can rebuild the model from a model_dir."""
     import keras
 
-    from iseg.datasets.pipeline import input_normalization
+    from iseg.datasets.np_augment import input_normalization
 
     os.makedirs(model_dir, exist_ok=True)
     record = dict(config=dataclasses.asdict(cfg), dataset=dataclasses.asdict(meta),
