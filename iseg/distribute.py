@@ -10,6 +10,21 @@ global) is the identity. TensorFlow is imported lazily and only on the TensorFlo
 import keras
 
 
+def _replica_context():
+    """The TF replica context when more than one replica shares the step; None otherwise
+    (no strategy, cross-replica context, one replica, or the JAX / PyTorch backends)."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf  # the TF branch only; pure-Keras code never imports TF
+
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return None
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
 def cross_replica_sum(x):
     """SUM of `x` over all replicas in sync (TF replica context); `x` itself otherwise.
 
@@ -17,16 +32,19 @@ def cross_replica_sum(x):
     respect to `x` is all-reduced back to every replica, so each replica's features get the
     gradient that flows through the global sums.
     """
-    if keras.backend.backend() != "tensorflow":
+    context = _replica_context()
+    if context is None:
         return x
-    import tensorflow as tf  # the TF branch only; pure-Keras code never imports TF
+    import tensorflow as tf
 
-    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
-        return x
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return x
     return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
+
+
+def cross_replica_gather(x):
+    """`x` of every replica in sync concatenated along axis 0 (replica order); `x` itself
+    otherwise. For statistics over the global batch that a sum cannot give (a maximum)."""
+    context = _replica_context()
+    return x if context is None else context.all_gather(x, axis=0)
 
 
 def num_replicas_in_sync():
