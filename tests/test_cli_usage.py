@@ -161,9 +161,10 @@ def test_missing_dataset_fails_before_tensorflow_and_writes_nothing(tmp_path):
             "    print('tensorflow' in sys.modules, file=sys.stderr)\n")
     r = _run(["-c", code, f"--flagfile={cfg}"], cwd=work)
     assert r.returncode == 1
-    missing = tmp_path / "data" / "camvid"
+    missing = tmp_path / "data" / "camvid_240x180"
     assert r.stderr.splitlines() == [
-        f"train.py: error: --data_dir={missing} does not exist (--data_dir=camvid resolved "
+        f"train.py: error: --data_dir={missing} does not exist (--data_dir=camvid_240x180 "
+        f"resolved "
         f"against the data root {tmp_path / 'data'}: set ISEG_DATA or --data_root)", "False"]
     assert sorted(os.walk(tmp_path)) == before  # no runs/<name>/run_config.json
 

@@ -83,6 +83,22 @@ def test_hfgd_card_rows(dataset):
     assert parse_model_name(load(CONFIGS / dataset / "card_convnext_t.cfg").model)["car"] == {}
 
 
+def test_camvid_rows_share_the_protocol():
+    """Every CamVid row trains on the 240x180 data with the one protocol schedule."""
+    rows = sorted((CONFIGS / "camvid").glob("*.cfg"))
+    assert len(rows) == 10
+    schedule = ("optimizer", "lr", "end_lr", "schedule", "poly_power", "steps", "batch_size",
+                "l2", "weight_decay", "crop_size", "min_scale", "max_scale", "eval_every",
+                "checkpoint_every", "data_dir", "aux_weight")
+    shared = {tuple(getattr(load(p), k) for k in schedule) for p in rows}
+    assert len(shared) == 1, shared
+    cfg = load(rows[0])
+    assert cfg.data_dir.endswith("camvid_240x180") and cfg.crop_size == (180, 240)
+    # every evaluated checkpoint is kept, so the best one can be kept
+    assert cfg.keep_checkpoints >= cfg.steps // cfg.eval_every
+    assert {p.stem for p in rows if load(p).sar} == {"fcn_r18_d8_sar"}
+
+
 @pytest.mark.parametrize("dataset,steps,lr,l2,batch", [
     ("ade20k", 160000, 0.01, 2.5e-4, 16),
     ("cityscapes", 80000, 0.01, 2.5e-4, 8),
