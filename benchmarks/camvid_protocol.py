@@ -234,20 +234,21 @@ def _pct(value):
 def report_tables(records, rows=ROWS):
     """The markdown of the CamVid tables for `records` (see `load_records`)."""
     lines = ["| row | flag file | seed | val mIoU (final) | best (step) | wall min | CPU min "
-             "| load avg |", "|---|---|---|---|---|---|---|---|"]
+             "| idle wall min (CPU / 2) | load avg |", "|---|---|---|---|---|---|---|---|---|"]
     classes = None
     for label, stem, seeds in rows:
         for seed in seeds:
             r = records.get((stem, seed))
             if r is None:
                 lines.append(f"| {label} | `configs/camvid/{stem}.cfg` | {seed} | "
-                             "not yet run | | | | |")
+                             "not yet run | | | | | |")
                 continue
             classes = classes or list(r["per_class_iou"])
             lines.append(
                 f"| {label} | `configs/camvid/{stem}.cfg` | {seed} | {_pct(r['miou'])} | "
                 f"{_pct(r['best_miou'])} ({r['best_step']}) | {r['wall_s'] / 60:.1f} | "
-                f"{r['cpu_s'] / 60:.1f} | {r['load_average']['mean']:.1f} |")
+                f"{r['cpu_s'] / 60:.1f} | {r['cpu_s'] / 120:.1f} | "
+                f"{r['load_average']['mean']:.1f} |")
     if classes:
         lines += ["", "Per-class IoU (%, final checkpoint):", "",
                   "| row | seed | " + " | ".join(classes) + " |",
@@ -326,10 +327,10 @@ def pending_runs(results_dir, wanted=()):
                 os.path.join(results_dir, f"camvid_{run_name(stem, seed)}.json"))]
 
 
-def measure_step(stem, steps, data_root):
-    """(CPU seconds, wall seconds) per training step of a row's model: the median of
-    `steps` steps after one untimed (tracing) step, on random images and labels of the
-    row's crop and batch size, with the row's optimizer."""
+def measure_step(stem, steps, data_root, extra_flags=()):
+    """(CPU seconds, wall seconds) per training step of a row's model (its flag file, then
+    `extra_flags`): the median of `steps` steps after one untimed (tracing) step, on random
+    images and labels of the row's crop and batch size, with the row's optimizer."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -340,7 +341,7 @@ def measure_step(stem, steps, data_root):
 
     flags_lib.define_train_flags()
     argv = ["train.py", f"--flagfile={os.path.join(REPO, 'configs', 'camvid', stem)}.cfg",
-            f"--data_root={data_root}"]
+            f"--data_root={data_root}", *extra_flags]
     flags_lib.parse_flags(argv, "camvid_protocol")
     cfg = flags_lib.config_from_flags(argv)
     keras.utils.set_random_seed(0)
@@ -369,11 +370,11 @@ def measure_step(stem, steps, data_root):
     return tuple(float(np.median(t)) for t in zip(*times))
 
 
-def measure(rows, steps, data_root):
+def measure(rows, steps, data_root, extra_flags=()):
     """Print the CPU and wall seconds per step of each row (`--measure_steps`)."""
-    print(f"{'row':24s} CPU s/step  wall s/step  load avg  (batch, crop from the flag files)")
+    print(f"{'row':24s} CPU s/step  wall s/step  load avg  {' '.join(extra_flags)}")
     for stem in rows:
-        cpu, wall = measure_step(stem, steps, data_root)
+        cpu, wall = measure_step(stem, steps, data_root, extra_flags)
         print(f"{stem:24s} {cpu:10.3f}  {wall:11.3f}  {os.getloadavg()[0]:8.2f}", flush=True)
 
 
@@ -388,6 +389,8 @@ def main(argv=None):
     p.add_argument("--report_only", action="store_true")
     p.add_argument("--measure_steps", type=int, default=0,
                    help="Only time this many training steps of each row (random data).")
+    p.add_argument("--measure_flags", default="",
+                   help="Space-separated flags added to the rows' flags when timing.")
     args = p.parse_args(argv)
     args.data_root = os.path.abspath(args.data_root)
     if args.report_only:
@@ -398,7 +401,8 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown --rows {', '.join(unknown)}; valid: {', '.join(stems)}")
     if args.measure_steps:
-        return measure(wanted or stems, args.measure_steps, args.data_root)
+        return measure(wanted or stems, args.measure_steps, args.data_root,
+                       args.measure_flags.split())
     data_dir = os.path.join(args.data_root, DATA_FOLDER)
     if not os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
         print(f"converting {args.source} (downscaled by {FACTOR}) into {data_dir}", flush=True)

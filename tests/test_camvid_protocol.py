@@ -120,8 +120,8 @@ def test_report_tables_and_doc_markers(tmp_path):
     md = cp.report_tables(records)
     lines = md.splitlines()
     assert "| self-attention + CAR | `configs/camvid/nl_r18_d8_car.cfg` | 1 | 47.0 | 48.0 (900) " \
-           "| 10.0 | 25.0 | 1.5 |" in lines
-    assert "| FCN | `configs/camvid/fcn_r18_d8.cfg` | 0 | not yet run | | | | |" in lines
+           "| 10.0 | 25.0 | 12.5 | 1.5 |" in lines
+    assert "| FCN | `configs/camvid/fcn_r18_d8.cfg` | 0 | not yet run | | | | | |" in lines
     assert "| self-attention + CAR vs self-attention | +5.5 | 2.0 | yes |" in lines
     assert "| CAA + CAR vs CAA | | | not yet run (needs both seeds of both rows) |" in lines
     assert "| self-attention | 1 | 80.0 | 41.0 |" in lines
@@ -133,3 +133,12 @@ def test_report_tables_and_doc_markers(tmp_path):
     with pytest.raises(ValueError, match="markers"):
         cp.write_doc_tables("x", str(doc))
     assert doc.read_text() == "no markers\n"
+
+
+def test_measure_step_times_a_tiny_version_of_a_row(tmp_path):
+    cpu, wall = cp.measure_step("fcn_r18_d8", 2, str(tmp_path), [
+        "--backbone_options=output_stride=8,stem_width=4,widths=(4,4,4,4)",
+        "--head_options=channels=4,end_channels=4", "--crop_size=32,32", "--batch_size=1"])
+    assert 0 < cpu < 60 and 0 < wall < 60
+    with pytest.raises(SystemExit):  # a bad flag is the flag parser's one-line error
+        cp.measure_step("fcn_r18_d8", 1, str(tmp_path), ["--batch_size=x"])
