@@ -187,7 +187,9 @@ def augseg_mix(seed, unlabeled, labeled, rho, ignore_label=255):
     """
     shape = tf.shape(unlabeled["label"])
     params = augseg_params(seed, shape[0], shape[1], shape[2])
-    donor = gather_batch(labeled, params["perm"])
+    # labeled image perm[i] (modulo the labeled batch size when it is smaller)
+    donor = gather_batch(labeled, tf.math.floormod(params["perm"],
+                                                   tf.shape(labeled["label"])[0]))
     donor = {"image": donor["image"], "label": donor["label"],
              "conf": tf.ones_like(unlabeled["conf"]),
              "ignore": tf.equal(donor["label"], ignore_label)}
