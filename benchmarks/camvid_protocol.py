@@ -174,7 +174,8 @@ class LoadSampler:
 
 
 def run_row(stem, seed, args):
-    """Train one row (resuming if it was interrupted); returns its record."""
+    """Train one row (resuming if it was interrupted); returns its record, or None when
+    train.py failed (the next rows still run)."""
     name = run_name(stem, seed)
     model_dir = os.path.join(args.runs_dir, name)
     flagfile = os.path.join("configs", "camvid", f"{stem}.cfg")
@@ -189,7 +190,8 @@ def run_row(stem, seed, args):
     wall = time.time() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if code:
-        raise SystemExit(f"{name}: train.py exited with {code}; see {log_path}")
+        print(f"{name}: train.py exited with {code}; see {log_path}", flush=True)
+        return None
     record = summarize(read_evaluations(os.path.join(REPO, model_dir)))
     record.update(
         row=stem, seed=seed, flagfile=flagfile, command=" ".join(cmd[1:]),
@@ -413,6 +415,8 @@ def main(argv=None):
         name = run_name(stem, seed)
         print(f"{time.strftime('%H:%M:%S')} training {name}", flush=True)
         record = run_row(stem, seed, args)
+        if record is None:
+            continue
         with open(os.path.join(RESULTS, f"camvid_{name}.json"), "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1)
         print(f"{time.strftime('%H:%M:%S')} {name}: val mIoU {_pct(record['miou'])} (best "

@@ -1,6 +1,7 @@
 """The CamVid protocol runner (benchmarks/camvid_protocol.py): data downscaling, the run
 order and resume, the best-checkpoint bookkeeping and the report tables."""
 
+import argparse
 import importlib.util
 import json
 import os
@@ -142,3 +143,12 @@ def test_measure_step_times_a_tiny_version_of_a_row(tmp_path):
     assert 0 < cpu < 60 and 0 < wall < 60
     with pytest.raises(SystemExit):  # a bad flag is the flag parser's one-line error
         cp.measure_step("fcn_r18_d8", 1, str(tmp_path), ["--batch_size=x"])
+
+
+def test_a_failing_row_returns_none_and_keeps_its_log(tmp_path, capsys):
+    args = argparse.Namespace(runs_dir=str(tmp_path / "runs"), log_dir=str(tmp_path),
+                              data_root=str(tmp_path / "no_data"))
+    assert cp.run_row("fcn_r18_d8", 0, args) is None
+    log = (tmp_path / "fcn_r18_d8_s0.log").read_text()
+    assert f"--data_dir={tmp_path / 'no_data' / 'camvid_240x180'} does not exist" in log
+    assert "fcn_r18_d8_s0: train.py exited with 1" in capsys.readouterr().out
