@@ -207,3 +207,19 @@ def test_imas_draws():
         triggers.append(p["trigger"])
     assert 0.1 <= min(vs) < 0.15 and 0.85 < max(vs) <= 0.9
     assert abs(np.mean(triggers) - 0.3) < 0.08  # probability mean(h)
+
+
+def test_mixers_in_a_tf_function_equal_eager():
+    unl, lab = _tf(_batch(0)), _tf(_batch(1))
+    lab = {"image": lab["image"], "label": lab["label"]}
+    h = tf.constant([0.4, 0.1, 0.9, 0.0, 0.7, 0.2])
+    mixers = {
+        "unimatch": lambda s: M.unimatch_box(s, 6, H, W),
+        "cps": lambda s: M.cps_box_mask(s, 6, H, W),
+        "augseg": lambda s: M.augseg_mix(s, unl, lab, h)[0]["image"],
+        "imas": lambda s: M.imas_mix(s, unl, h)[0]["label"],
+    }
+    for name, mixer in mixers.items():
+        seed = tf.constant([1, 2])
+        np.testing.assert_array_equal(tf.function(mixer)(seed).numpy(), mixer(seed).numpy(),
+                                      err_msg=name)

@@ -26,7 +26,7 @@ def box_mask(boxes, height, width):
     boxes = tf.cast(boxes, tf.int32)
     rows = tf.range(height)[None, :, None]
     cols = tf.range(width)[None, None, :]
-    y0, x0, y1, x1 = (boxes[:, k, None, None] for k in range(4))
+    y0, x0, y1, x1 = tf.unstack(tf.reshape(boxes, [-1, 4, 1, 1]), axis=1)
     return (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
 
 
