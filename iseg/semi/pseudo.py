@@ -184,11 +184,10 @@ def sobel_boundary(label, num_classes):
     return tf.reduce_any(tf.not_equal(edges, 0.0), axis=-1)
 
 
-def cwbass_loss(logits, target, conf, valid, boundary, gamma=1.0, boundary_weight=0.5):
-    """CW-BASS's unsupervised loss L_cw + boundary_weight * L_b:
+def cwbass_terms(logits, target, conf, valid, boundary, gamma=1.0):
+    """CW-BASS's two unsupervised terms (L_cw, L_b), its loss being L_cw + 0.5 L_b:
     L_cw = sum_valid conf^gamma CE / max(#valid, 1);
     L_b = sum_{boundary and valid} CE / max(#(boundary and valid), 1)."""
     ce = pixel_ce(logits, target)
     weighted = normalise(ce, valid, normaliser="valid", weights=confidence_weights(conf, gamma))
-    edge = normalise(ce, tf.logical_and(boundary, valid), normaliser="valid")
-    return weighted + boundary_weight * edge
+    return weighted, normalise(ce, tf.logical_and(boundary, valid), normaliser="valid")

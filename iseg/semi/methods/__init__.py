@@ -12,6 +12,7 @@ _METHODS = {  # name -> "module:class"; one line per method
     "augseg": "iseg.semi.methods.augseg:AugSeg",
     "cps": "iseg.semi.methods.cps:CPS",
     "imas": "iseg.semi.methods.imas:IMAS",
+    "cwbass": "iseg.semi.methods.cwbass:CWBASS",
 }
 
 
