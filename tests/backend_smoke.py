@@ -17,7 +17,7 @@ MODELS = {  # name: (head options, CAR options); card_* has CAR on by default
     "fcn_resnet50_d8": (dict(channels=16), {}),
     "caa_resnet50_d8": (dict(channels=16, end_channels=8, guide_filters=4, mlp_hidden=4), {}),
     "hfgd_resnet18": (dict(context_channels=8, num_heads=2, fpn_channels=4), None),
-    # CARD also carries SAR
+    # CARD also carries SAR and the SDN neck (on c5 and c2, guided by c5 and c3)
     "card_resnet18": (dict(channels=8, num_heads=2, decoder_channels=8, low_level_channels=4),
                       dict(filters=8)),
 }
@@ -45,9 +45,35 @@ def check_gradient_scale():
     print("gradient scale: ok")
 
 
+def check_correlation_head():
+    """CorrMatch's correlation head: forward (rows of A sum to 1) and a training step that
+    moves the projection; the logits input gets no gradient."""
+    from iseg.layers import CorrelationHead
+
+    feature, logits = keras.Input((4, 4, 6)), keras.Input((8, 8, 3))
+    out, affinity = CorrelationHead(3, channels=8, name="corr")(feature, logits)
+    model = keras.Model([feature, logits], out)
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(2, 4, 4, 6)).astype("float32"),
+         rng.normal(size=(2, 8, 8, 3)).astype("float32")]
+    rows = keras.ops.convert_to_numpy(keras.Model([feature, logits], affinity)(x)).sum(-1)
+    np.testing.assert_allclose(rows, 1.0, atol=1e-5)
+    before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(x, np.ones((2, 4, 4, 3), "float32"), verbose=0)
+    moved = {w.path for b, w in zip(before, model.trainable_weights)
+             if not np.allclose(b, keras.ops.convert_to_numpy(w))}
+    # all but two biases without gradient: the projection conv's (BN removes it) and
+    # f2's (it adds a constant to each softmax row)
+    assert moved == {w.path for w in model.trainable_weights} - {
+        "corr/proj/conv/bias", "corr/f2/bias"}, moved
+    print("correlation head: ok")
+
+
 def main():
     assert keras.backend.backend() == os.environ["KERAS_BACKEND"], keras.backend.backend()
     check_gradient_scale()
+    check_correlation_head()
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, size=(2, 33, 33, 3)).astype("float32")
@@ -58,6 +84,7 @@ def main():
             name, 3, backbone_options=BACKBONE, head_options=head_options,
             aux_options=dict(channels=8), car=car,
             sar={} if name.startswith("card") else None,
+            neck="sdn" if name.startswith("card") else None,
         )
         logits = keras.ops.convert_to_numpy(model(x))
         assert logits.shape == (2, 33, 33, 3) and np.isfinite(logits).all(), name
@@ -68,6 +95,7 @@ def main():
         if car is not None:
             assert "car_intra" in hist, (name, sorted(hist))
         if name.startswith("card"):
+            assert model.neck is not None and model.neck.keys == ["c5", "c2"], name
             assert "sar_anchor" in hist and "sar_pull" in hist, (name, sorted(hist))
         if name.startswith("hfgd"):
             assert "high_level" in hist, (name, sorted(hist))

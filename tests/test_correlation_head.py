@@ -21,7 +21,7 @@ def _inputs(seed=0):
 
 def _layer():
     keras.utils.set_random_seed(0)
-    layer = CorrelationHead(K, channels=6)
+    layer = CorrelationHead(K, channels=6, name="corr")
     feature, logits = _inputs()
     layer(feature, logits)
     rng = np.random.default_rng(1)
@@ -70,11 +70,17 @@ def test_gradient_reaches_the_projection_but_not_the_logits():
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([feature, logits])
         out, _ = layer(feature, logits, training=True)
-        loss = tf.reduce_sum(out * tf.range(K, dtype=tf.float32))
+        # (position-dependent weights: the plain sum of `out` over pixels is constant)
+        loss = tf.reduce_sum(out * np.random.default_rng(0).normal(size=(2, 3, 4, K)))
     assert tape.gradient(loss, logits) is None
     assert float(tf.reduce_max(tf.abs(tape.gradient(loss, feature)))) > 0
-    grads = tape.gradient(loss, layer.trainable_weights)
-    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+    grads = {w.path: float(tf.reduce_max(tf.abs(g)))
+             for w, g in zip(layer.trainable_weights, tape.gradient(loss, layer.trainable_weights))}
+    # no gradient: the projection conv's bias (BN removes it), f2's bias (a constant per
+    # softmax row); every other weight gets one
+    no_grad = {"corr/proj/conv/bias", "corr/f2/bias"}
+    assert all(grads[p] < 1e-5 for p in no_grad), grads
+    assert all(g > 1e-3 for p, g in grads.items() if p not in no_grad), grads
 
 
 def test_keras_round_trip(tmp_path):

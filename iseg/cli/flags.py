@@ -283,10 +283,9 @@ def config_from_flags(argv):
         values["eval_crop_size"] = _ints(values["eval_crop_size"], "eval_crop_size")
     if "eval_scales" in values:
         values["eval_scales"] = tuple(float(s) for s in values["eval_scales"])
-    for name in ("backbone_options", "head_options", "aux_options", "car_options",
-                 "sar_options", "semi_options"):
-        if name in values:
-            values[name] = parse_options(values[name], name)
+    for field in dataclasses.fields(TrainConfig):  # every key=value,... option
+        if field.type in (dict, "dict") and isinstance(values.get(field.name), str):
+            values[field.name] = parse_options(values[field.name], field.name)
     values["data_dir"] = resolved_data_dir()
     if not (FLAGS["model_dir"].present and values.get("model_dir")):
         values["model_dir"] = os.path.join("runs", config_name(argv) or "default")

@@ -31,13 +31,16 @@ class SegmentationExportModule(tf.Module):
     def __init__(self, model, *, normalization, scales=(1.0,), flip=False,
                  align_corners=True):
         super().__init__(name="segmentation")
-        # Only the inference network is tracked (and so saved): the backbone and the head.
+        # Only the inference network is tracked (and so saved): the backbone, the neck (if
+        # any) and the head.
         # Training-only parts of the model (aux head, CAR loss buffers, SAR anchors and
         # projector, loss trackers) stay out of the SavedModel; the model itself is held in
         # a closure, which tf.Module does not track.
         if hasattr(model, "backbone") and hasattr(model, "head"):
             self.backbone = model.backbone
             self.head = model.head
+            if getattr(model, "neck", None) is not None:
+                self.neck = model.neck
         else:  # another Keras model (no training-only parts known): saved whole
             self.model = model
         self._predict = lambda t: model(t, training=False)

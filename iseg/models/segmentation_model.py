@@ -49,6 +49,10 @@ class SegmentationModel(keras.Model):
         loss (the original recipe); 0 for optimizers with decoupled weight decay.
       normalization: input normalisation the backbone expects ("minus_one_to_one" or
         "imagenet"); defaults to what the backbone's weights were trained with.
+      neck: None / "none" (the head reads the backbone's endpoints) or "sdn" (the semantic
+        diffusion neck, `iseg.layers.sdn`, on each endpoint the head reads).
+      neck_options: options of the neck (`SemanticDiffusionNeck`; `keys` defaults to the
+        head's `endpoint_keys()`).
     """
 
     def __init__(
@@ -70,6 +74,8 @@ class SegmentationModel(keras.Model):
         align_corners=True,
         l2_weight_decay=0.0,
         normalization=None,
+        neck=None,
+        neck_options=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -123,6 +129,15 @@ class SegmentationModel(keras.Model):
             self.head = head
             car = getattr(head, "car_options", None)
         self.car = car
+        self.neck_name, self.neck_options = _check_neck(neck, neck_options)
+        self.neck = None
+        if self.neck_name is not None:
+            from iseg.layers.sdn import SemanticDiffusionNeck
+
+            options = dict(self.neck_options)
+            if "keys" not in options:
+                options["keys"] = self.head.endpoint_keys()
+            self.neck = SemanticDiffusionNeck(name="neck", **options)
         self.car_loss = None
         if car is not None:
             # float32 whatever the dtype policy: CAR is computed in full precision.
@@ -180,8 +195,12 @@ class SegmentationModel(keras.Model):
         return self.decode(self.encode(images, training), spatial_shape(images), training)
 
     def encode(self, images, training=None):
-        """The backbone's endpoint dict for (normalised) `images`: what the head reads."""
-        return self.backbone(images, training=training)
+        """The backbone's endpoint dict for (normalised) `images`, after the neck when
+        there is one: what the head reads."""
+        endpoints = self.backbone(images, training=training)
+        if self.neck is not None:
+            endpoints = self.neck(endpoints, training=training)
+        return endpoints
 
     def decode(self, endpoints, size, training=None):
         """The head (and aux head) on `endpoints`, logits resized to `size` (H, W): what
@@ -297,6 +316,8 @@ class SegmentationModel(keras.Model):
             align_corners=self.align_corners,
             l2_weight_decay=self.l2_weight_decay,
             normalization=self.normalization,
+            neck=self.neck_name,
+            neck_options=self.neck_options,
         )
         return config
 
@@ -307,3 +328,19 @@ class SegmentationModel(keras.Model):
             if isinstance(config[key], dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+NECKS = ("none", "sdn")
+
+
+def _check_neck(neck, options):
+    """(name or None, options) of a neck, or ValueError naming the bad value."""
+    if neck not in (None, *NECKS):
+        raise ValueError(f"unknown neck {neck!r}. Valid necks: {', '.join(NECKS)}")
+    if neck in (None, "none"):
+        if options:
+            raise ValueError(f"neck_options {dict(options)} given without a neck")
+        return None, {}
+    from iseg.layers.sdn import check_neck_options
+
+    return neck, check_neck_options(options or {})

@@ -43,6 +43,11 @@ class TrainConfig:
     sar: bool = option(False, "Add SAR (semantic anchor regularization, training only).")
     sar_options: dict = option({}, "SAR options, key=value,... (trade_off, trade_off_ce, "
                                "filter_conf, update_conf, momentum, seed).")
+    neck: str = option("none", "Neck between backbone and head: none, or sdn (the semantic "
+                       "diffusion neck on each endpoint the head reads).", ["none", "sdn"])
+    neck_options: dict = option({}, "Neck options, key=value,... (sdn: guidance=deeper|self, "
+                                "guidance_power, sdc_kernel_size, difference_init, "
+                                "trainable_difference, keys, ...).")
     loss_reduction: str = option("valid_mean", "Cross-entropy denominator: valid pixels "
                                  "(mmseg) or all pixels (original code).",
                                  ["valid_mean", "all_pixels"])
@@ -284,6 +289,16 @@ def model_options(cfg, meta):
             raise ConfigError(f"--sar_options: {e}") from None
     elif cfg.sar_options:
         raise ConfigError("--sar_options given without --sar=true")
+    if cfg.neck != "none":
+        from iseg.layers.sdn import check_neck_options
+
+        try:
+            opts["neck_options"] = check_neck_options(cfg.neck_options)
+        except ValueError as e:
+            raise ConfigError(f"--neck_options: {e}") from None
+        opts["neck"] = cfg.neck
+    elif cfg.neck_options:
+        raise ConfigError("--neck_options given without --neck=sdn")
     if cfg.ohem_thresh is not None:
         opts["ohem"] = dict(thresh=cfg.ohem_thresh, min_kept=cfg.ohem_min_kept)
     return opts
