@@ -15,3 +15,4 @@ from iseg.layers.car import CARBlock
 from iseg.layers.grad_scale import GradientScale, scale_gradient
 from iseg.layers.multihead_axial_attention import ContextModule, MultiHeadAxialAttention
 from iseg.layers.correlation import CorrelationHead
+from iseg.layers.sdn import DiagonalDifference, SemanticDifferenceFusion, SemanticDiffusionNeck
