@@ -90,3 +90,62 @@ def test_text_configs_resolve():
         assert flags.FLAGS.task == "text" and flags.FLAGS.text_model == name.split("_")[0]
         assert cfg.model_dir == f"runs/{name}" and cfg.crop_size == (32, 100)
     flags.FLAGS.unparse_flags()
+
+
+def _evaluate(root, name, *flags):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "iseg.cli.evaluate",
+                           f"--flagfile={root / name}.cfg", "--progress=false", *flags],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_text_evaluate_on_a_converted_split_and_a_label_file(tmp_path):
+    """`iseg.cli.evaluate --task=text` restores the trained model: on a converted split it
+    reproduces the end-of-training scores, on a label file the scores of the exported
+    SavedModel's predictions; earlier results are kept; a missing split is one line."""
+    import numpy as np
+    import tensorflow as tf
+
+    from iseg.text import metrics, synth
+
+    _train(tmp_path, "faclstm_synth", steps=2)
+    model_dir = tmp_path / "runs" / "faclstm_synth"
+    fonts = synth.find_fonts()
+    words, pngs = [], []
+    (tmp_path / "words").mkdir()
+    for i in range(5):
+        word, png, _ = synth.render_example(7, i, fonts, synth.SynthOptions(max_length=5))
+        (tmp_path / "words" / f"{i}.png").write_bytes(png)
+        words.append(word)
+        pngs.append(png)
+    serve = tf.saved_model.load(str(model_dir / "export")).signatures["serve_encoded"]
+    predicted = [w.decode() for w in serve(encoded=tf.constant(pngs))["words"].numpy()]
+    if metrics.normalize_word(predicted[0]):
+        words[0] = predicted[0]  # one word read right
+    (tmp_path / "words" / "mine.txt").write_text(
+        "".join(f"{i}.png\t{w}\n" for i, w in enumerate(words)))
+    right = np.mean([metrics.normalize_word(p) == metrics.normalize_word(w)
+                     for p, w in zip(predicted, words)])
+    ned = np.mean([metrics.normalized_edit_distance(p, w) for p, w in zip(predicted, words)])
+
+    r = _evaluate(tmp_path, "faclstm_synth", f"--split=test,{tmp_path / 'words' / 'mine.txt'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "test " in r.stdout and "mine " in r.stdout and "word accuracy" in r.stdout
+    trained = json.loads((model_dir / "eval" / "text_results.json").read_text())
+    test = json.loads((model_dir / "eval" / "text_test_step2_results.json").read_text())
+    for key in ("num_images", "word_accuracy", "normalized_edit_distance"):
+        assert test[key] == pytest.approx(trained["results"]["test"][key])
+    mine = json.loads((model_dir / "eval" / "text_mine_step2_results.json").read_text())
+    assert mine["num_images"] == 5 and mine["step"] == 2
+    assert mine["word_accuracy"] == pytest.approx(right)
+    assert mine["normalized_edit_distance"] == pytest.approx(ned)
+
+    first = (model_dir / "eval" / "text_test_step2_results.json").read_text()
+    assert _evaluate(tmp_path, "faclstm_synth", "--split=test").returncode == 0
+    assert (model_dir / "eval" / "text_test_step2_results.json").read_text() == first
+    assert (model_dir / "eval" / "text_test_step2-2_results.json").is_file()
+
+    r = _evaluate(tmp_path, "faclstm_synth", "--split=nope")
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and last.startswith("iseg.cli.evaluate: error: --split=nope: ")
+    assert "no record files for split 'nope'" in last

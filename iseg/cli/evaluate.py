@@ -1,5 +1,11 @@
 """`python -m iseg.cli.evaluate --flagfile=... [--checkpoint=...] [--split=val]`.
 
+With `--task=text` (the text configs set it) it evaluates a text recognizer instead:
+word accuracy and normalised edit distance for each entry of `--split` (comma-separated)
+or `--text_eval_splits`, an entry being a split of the converted `--data_dir`, an LMDB
+folder or a `path<TAB>word` label file; results in `<model_dir>/eval/text_<name>_step<N>
+[_beam<k>]_results.json`.
+
 Rebuilds the model from the same flag files as training, restores the checkpoint (default:
 the latest in --model_dir), runs whole-image or sliding-window inference with any scales
 and flip, prints a table and writes `<model_dir>/eval/<name>_results.{json,txt}`
@@ -78,6 +84,9 @@ def main(argv):
 
     cfg = flags_lib.config_from_flags(argv)
     split_cpu(FLAGS.num_cpu_devices)
+    if FLAGS.task == "text":
+        from iseg.cli import text
+        return text.evaluate_main(cfg, checkpoint_step)
     split = FLAGS.split or cfg.eval_split
     model, meta = load_model_for_inference(cfg, cfg.checkpoint)
     dataset = config_lib.make_eval_dataset(cfg, input_normalization(model), split)
@@ -100,13 +109,26 @@ def main(argv):
 
 
 def check():
-    flags_lib.check_data([FLAGS.split or FLAGS.eval_split])
+    if FLAGS.task == "text":
+        from iseg.cli.text import check_text_eval
+        return check_text_eval()
+    return flags_lib.check_data([FLAGS.split or FLAGS.eval_split])
+
+
+def define_flags():
+    from iseg.cli.text import define_text_flags
+
+    flags_lib.define_eval_flags()
+    define_text_flags()
 
 
 def run(argv=None):
+    from iseg.cli.text import TEXT_GROUPS
+
     return flags_lib.run_cli(
-        PROGRAM, flags_lib.define_eval_flags, main, argv, doc=__doc__, check=check,
-        help_groups=("General", "Model", "Data and augmentation", "Evaluation", "Evaluate"))
+        PROGRAM, define_flags, main, argv, doc=__doc__, check=check,
+        help_groups=("General", "Model", "Data and augmentation", "Evaluation", "Evaluate")
+        + TEXT_GROUPS)
 
 
 if __name__ == "__main__":

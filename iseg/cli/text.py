@@ -65,6 +65,75 @@ def check_text_data():
             raise flags_lib.CliError(str(e)) from None
 
 
+def eval_entries():
+    """What `evaluate --task=text` reads: --split (comma-separated) or --text_eval_splits;
+    each entry an LMDB folder or label file, else a split of --data_dir."""
+    entries = FLAGS.split.split(",") if FLAGS.split else list(FLAGS.text_eval_splits)
+    return [e for e in entries if e]
+
+
+def check_text_eval():
+    """Fail fast when a source of `evaluate --task=text` is missing."""
+    from iseg.datasets import info  # pylint: disable=import-outside-toplevel
+    from iseg.text.records import INFO_FILE  # pylint: disable=import-outside-toplevel
+    from iseg.text.train import is_text_source  # pylint: disable=import-outside-toplevel
+
+    entries = eval_entries()
+    if not entries:
+        raise flags_lib.CliError("evaluate --task=text: no --split or --text_eval_splits")
+    path = flags_lib.resolved_data_dir()
+    for entry in entries:
+        if is_text_source(entry):
+            continue
+        if not path or not os.path.isfile(os.path.join(path, INFO_FILE)):
+            raise flags_lib.CliError(
+                f"--split={entry}: not an LMDB folder or label file, and --data_dir={path} "
+                f"has no {INFO_FILE} (convert the text dataset first)")
+        try:
+            info.list_shards(path, entry)
+        except (FileNotFoundError, ValueError) as e:
+            raise flags_lib.CliError(f"--split={entry}: {e}") from None
+
+
+def score_line(name, scores):
+    return (f"{name:<14} ({scores['num_images']} images)  word accuracy "
+            f"{100 * scores['word_accuracy']:.2f} %  normalised edit distance "
+            f"{scores['normalized_edit_distance']:.4f}")
+
+
+def evaluate_main(cfg, step_of):
+    """`python -m iseg.cli.evaluate --task=text`: word accuracy and normalised edit
+    distance per source; `<model_dir>/eval/text_<source>_step<N>[_beam<k>]_results.json`
+    (never replacing earlier results). `step_of(path)`: a checkpoint's step."""
+    import json  # pylint: disable=import-outside-toplevel
+
+    from iseg.evaluation.evaluator import _free_name  # pylint: disable=import-outside-toplevel
+    from iseg.text import train  # pylint: disable=import-outside-toplevel
+
+    model, path = train.load_text_model(FLAGS.checkpoint or cfg.model_dir, text_options(),
+                                        cfg.crop_size)
+    step = step_of(path)
+    out_dir = os.path.join(cfg.model_dir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    results = {}
+    for entry in eval_entries():
+        name = train.source_name(entry) if train.is_text_source(entry) else entry
+        dataset = train.open_eval_dataset(model, entry, cfg.data_dir,
+                                          max(FLAGS.eval_batch_size, 1))
+        scores = train.evaluate_text(model, dataset, beam_width=FLAGS.beam_width,
+                                     max_batches=cfg.eval_steps)
+        scores = dict({k: v for k, v in scores.items() if k != "samples"}, source=entry,
+                      step=step, beam_width=FLAGS.beam_width, checkpoint=path)
+        tags = ("" if step is None else f"_step{step}") + (
+            f"_beam{FLAGS.beam_width}" if FLAGS.beam_width > 1 else "")
+        file_name = _free_name(out_dir, f"text_{name}{tags}") + "_results.json"
+        with open(os.path.join(out_dir, file_name), "w", encoding="utf-8") as f:
+            json.dump(scores, f, indent=1)
+        print(f"{score_line(name, scores)}  -> {file_name}", flush=True)
+        results[name] = scores
+    return results
+
+
 def text_options():
     from iseg.text.charset import ALPHANUMERIC  # pylint: disable=import-outside-toplevel
     from iseg.text.train import TextOptions  # pylint: disable=import-outside-toplevel
@@ -116,9 +185,7 @@ def main(cfg):
     result = train_text(cfg, text, after_training=_after_training(cfg))
     if result["is_chief"]:
         for split, s in (result["text_scores"] or {}).items():
-            print(f"{split:<14} ({s['num_images']} images)  word accuracy "
-                  f"{100 * s['word_accuracy']:.2f} %  normalised edit distance "
-                  f"{s['normalized_edit_distance']:.4f}", flush=True)
+            print(score_line(split, s), flush=True)
         print(f"Done: {result['step']} steps, model_dir {cfg.model_dir}", flush=True)
         logging.info("text training finished at step %d", result["step"])
     return result

@@ -151,6 +151,22 @@ def build_text_dataset(data_dir, split, *, charset, max_length, image_size, chan
     return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
 
+def items_dataset(items, *, image_size, channels=1, batch_size=32, keep_aspect=True):
+    """Evaluation batches `{"images", "words"}` (as `build_text_dataset(training=False)`)
+    from `items()`, a function returning an iterable of (name, encoded image, word): the
+    readers of `iseg.text.records` (an LMDB folder, a label file) without converting."""
+    ds = tf.data.Dataset.from_generator(
+        lambda: ((encoded, word.encode("utf-8")) for _, encoded, word in items()),
+        output_signature=(tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.string)))
+
+    def example(encoded, word):
+        x, _, _ = prepare_image(decode_rgb(encoded), image_size, channels, keep_aspect)
+        return {"images": x, "words": word}
+
+    return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
+        batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 def _parse_word(record):
     return tf.io.parse_single_example(record, {"image/text": TEXT_KEYS["image/text"]})[
         "image/text"]

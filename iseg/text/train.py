@@ -17,7 +17,8 @@ from absl import logging
 from iseg.text.charset import Charset
 from iseg.text.metrics import WordMetrics
 from iseg.text.models import build_text_model
-from iseg.text.pipeline import build_text_dataset
+from iseg.text.pipeline import build_text_dataset, items_dataset
+from iseg.text.records import INFO_FILE, read_label_file, read_lmdb
 
 
 @dataclasses.dataclass
@@ -62,6 +63,63 @@ def eval_dataset(data_dir, split, text, image_size):
         data_dir, split, charset=Charset(text.charset, text.case_sensitive),
         max_length=text.max_length, image_size=tuple(image_size), channels=text.channels,
         batch_size=text.eval_batch_size, training=False)
+
+
+def is_text_source(path):
+    """True for what evaluation reads without converting: an LMDB folder (with
+    `data.mdb`) or a `path<TAB>word` label file."""
+    return os.path.isfile(os.path.join(path, "data.mdb")) or os.path.isfile(path)
+
+
+def source_name(path):
+    """The name results use for a source: the LMDB folder's name, the label file's name
+    without its extension."""
+    path = os.path.normpath(path)
+    return os.path.basename(path) if os.path.isdir(path) else os.path.splitext(
+        os.path.basename(path))[0]
+
+
+def open_eval_dataset(model, source, data_dir=None, batch_size=64):
+    """Evaluation batches `{"images", "words"}` for `model` (its input size and channels)
+    of `source`: an LMDB folder or label file (`is_text_source`), else a split of the
+    converted dataset in `data_dir`."""
+    size = tuple(model.image_size)
+    if is_text_source(source):
+        reader = read_lmdb if os.path.isdir(source) else read_label_file
+        return items_dataset(lambda: reader(source), image_size=size, channels=model.channels,
+                             batch_size=batch_size)
+    if not data_dir or not os.path.isfile(os.path.join(data_dir, INFO_FILE)):
+        raise FileNotFoundError(f"{source!r} is neither an LMDB folder, a label file nor a "
+                                f"split of a converted text dataset (no {INFO_FILE} in "
+                                f"{data_dir})")
+    return build_text_dataset(data_dir, source, charset=model.charset,
+                              max_length=model.max_length, image_size=size,
+                              channels=model.channels, batch_size=batch_size, training=False)
+
+
+def load_text_model(checkpoint, text=None, image_size=None):
+    """A trained text model with the weights of `checkpoint` (a prefix, or a model_dir:
+    its newest). The network is the one recorded in the run's `run_config.json`; without
+    it, the one `text` and `image_size` describe."""
+    import keras  # pylint: disable=import-outside-toplevel
+
+    from iseg.text import models  # pylint: disable=import-outside-toplevel,unused-import
+    from iseg.training import checkpoints  # pylint: disable=import-outside-toplevel
+    from iseg.training.config import read_run_config  # pylint: disable=import-outside-toplevel
+
+    path = checkpoints.resolve_checkpoint(checkpoint)
+    run_dir = os.path.dirname(os.path.dirname(path))
+    if os.path.isfile(os.path.join(run_dir, "run_config.json")):
+        record = read_run_config(run_dir)["model"]
+        model = keras.saving.deserialize_keras_object(
+            dict(record, config=dict(record["config"], dtype="float32")))
+        model.ensure_built()
+    elif text is None:
+        raise FileNotFoundError(f"no run_config.json in {run_dir}: give the text model flags")
+    else:
+        model = make_model_fn(text, image_size)()
+    checkpoints.restore_model(model, path)
+    return model, path
 
 
 def evaluate_text(model, dataset, beam_width=1, max_batches=None, num_samples=0):
