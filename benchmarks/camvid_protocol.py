@@ -35,6 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
 CURVES = os.path.join(REPO, "docs", "images", "camvid_curves.png")
+RUNS = os.path.join(REPO, "runs", "camvid")
 DATA_FOLDER = "camvid_240x180"
 FACTOR = 2
 MARKERS = ("<!-- camvid-table start -->", "<!-- camvid-table end -->")
@@ -233,8 +234,21 @@ def _pct(value):
     return f"{100 * value:.1f}"
 
 
-def report_tables(records, rows=ROWS):
-    """The markdown of the CamVid tables for `records` (see `load_records`)."""
+def unfinished_curves(runs_dir, records, rows=ROWS):
+    """{(stem, seed): [[step, val mIoU], ...]} of the runs under `runs_dir` that have
+    evaluated but not finished (no record)."""
+    curves = {}
+    for _, stem, seed in run_order(rows):
+        evaluations = read_evaluations(os.path.join(runs_dir, run_name(stem, seed)))
+        if (stem, seed) not in records and evaluations:
+            curves[(stem, seed)] = [[step, scores["miou"]] for step, scores in evaluations]
+    return curves
+
+
+def report_tables(records, unfinished=None, rows=ROWS):
+    """The markdown of the CamVid tables for `records` (see `load_records`); rows without
+    a record are "not yet run", with the last evaluation of an `unfinished` run."""
+    unfinished = unfinished or {}
     lines = ["| row | flag file | seed | val mIoU (final) | best (step) | wall min | CPU min "
              "| idle wall min (CPU / 2) | load avg |", "|---|---|---|---|---|---|---|---|---|"]
     classes = None
@@ -242,8 +256,11 @@ def report_tables(records, rows=ROWS):
         for seed in seeds:
             r = records.get((stem, seed))
             if r is None:
+                last = unfinished.get((stem, seed))
+                note = (f" (unfinished: {_pct(last[-1][1])} at step {last[-1][0]})"
+                        if last else "")
                 lines.append(f"| {label} | `configs/camvid/{stem}.cfg` | {seed} | "
-                             "not yet run | | | | | |")
+                             f"not yet run{note} | | | | | |")
                 continue
             classes = classes or list(r["per_class_iou"])
             lines.append(
@@ -287,8 +304,9 @@ def write_doc_tables(markdown, doc):
         f.write(text)
 
 
-def plot_curves(records, path, rows=ROWS):
-    """Val mIoU vs step of every finished run, one line each (PNG)."""
+def plot_curves(records, path, unfinished=None, rows=ROWS):
+    """Val mIoU vs step of every finished run (and, dotted, of the `unfinished` ones), one
+    line each (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,10 +316,12 @@ def plot_curves(records, path, rows=ROWS):
     for label, stem, seeds in rows:
         for seed in seeds:
             r = records.get((stem, seed))
-            if r is not None:
-                steps, miou = zip(*r["curve"])
+            curve = r["curve"] if r else (unfinished or {}).get((stem, seed))
+            if curve:
+                steps, miou = zip(*curve)
                 ax.plot(steps, [100 * m for m in miou], marker="o", ms=3,
-                        ls="-" if seed == 0 else "--", label=f"{label} (seed {seed})")
+                        ls=":" if r is None else "-" if seed == 0 else "--",
+                        label=f"{label} (seed {seed}{'' if r else ', unfinished'})")
     ax.set(xlabel="training step", ylabel="val mIoU (%)",
            title="CamVid 240x180, val mIoU during training")
     ax.grid(alpha=0.3)
@@ -311,12 +331,14 @@ def plot_curves(records, path, rows=ROWS):
     plt.close(fig)
 
 
-def report(results_dir=RESULTS, doc=DOC, curves=CURVES):
-    """Tables into `doc` and the curves PNG from the records in `results_dir`."""
+def report(results_dir=RESULTS, doc=DOC, curves=CURVES, runs_dir=RUNS):
+    """Tables into `doc` and the curves PNG from the records in `results_dir` (and the
+    evaluations of unfinished runs under `runs_dir`)."""
     records = load_records(results_dir)
-    write_doc_tables(report_tables(records), doc)
-    if records:
-        plot_curves(records, curves)
+    unfinished = unfinished_curves(runs_dir, records)
+    write_doc_tables(report_tables(records, unfinished), doc)
+    if records or unfinished:
+        plot_curves(records, curves, unfinished)
 
 
 # ------------------------------------------------------------------------------- main
@@ -354,7 +376,7 @@ def measure_step(stem, steps, data_root, extra_flags=()):
     x = tf.random.uniform((n, h, w, 3), -1.0, 1.0, seed=0)
     y = tf.random.uniform((n, h, w), 0, 11, tf.int32, seed=0)
 
-    @tf.function
+    @tf.function(autograph=False)  # no Python control flow to convert
     def step():
         with tf.GradientTape() as tape:
             loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=True),
@@ -385,7 +407,7 @@ def main(argv=None):
     p.add_argument("--data_root", default=os.environ.get("ISEG_DATA") or "data")
     p.add_argument("--source", default=os.path.join(REPO, "..", "shared", "datasets",
                                                     "camvid"))
-    p.add_argument("--runs_dir", default=os.path.join("runs", "camvid"))
+    p.add_argument("--runs_dir", default=os.path.relpath(RUNS, REPO))
     p.add_argument("--log_dir", default=os.path.join(REPO, "runs", "camvid", "logs"))
     p.add_argument("--rows", default="", help="Comma-separated flag file stems (default: all).")
     p.add_argument("--report_only", action="store_true")
@@ -396,7 +418,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     args.data_root = os.path.abspath(args.data_root)
     if args.report_only:
-        return report()
+        return report(runs_dir=os.path.join(REPO, args.runs_dir))
     stems = [stem for _, stem, _ in ROWS]
     wanted = [r for r in args.rows.split(",") if r]
     unknown = sorted(set(wanted) - set(stems))
@@ -422,8 +444,8 @@ def main(argv=None):
         print(f"{time.strftime('%H:%M:%S')} {name}: val mIoU {_pct(record['miou'])} (best "
               f"{_pct(record['best_miou'])}), {record['wall_s'] / 60:.1f} min wall, "
               f"{record['cpu_s'] / 60:.1f} CPU min", flush=True)
-        report()
-    return report()
+        report(runs_dir=os.path.join(REPO, args.runs_dir))
+    return report(runs_dir=os.path.join(REPO, args.runs_dir))
 
 
 if __name__ == "__main__":

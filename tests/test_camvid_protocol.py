@@ -126,6 +126,9 @@ def test_report_tables_and_doc_markers(tmp_path):
     assert "| self-attention + CAR vs self-attention | +5.5 | 2.0 | yes |" in lines
     assert "| CAA + CAR vs CAA | | | not yet run (needs both seeds of both rows) |" in lines
     assert "| self-attention | 1 | 80.0 | 41.0 |" in lines
+    unfinished = {("fcn_r18_d8", 0): [[125, 0.3], [250, 0.42]]}
+    assert "| FCN | `configs/camvid/fcn_r18_d8.cfg` | 0 | not yet run (unfinished: 42.0 at " \
+           "step 250) | | | | | |" in cp.report_tables(records, unfinished).splitlines()
     doc = tmp_path / "doc.md"
     doc.write_text(f"intro\n{cp.MARKERS[0]}\nold\n{cp.MARKERS[1]}\nend\n")
     cp.write_doc_tables("new table", str(doc))
@@ -152,3 +155,18 @@ def test_a_failing_row_returns_none_and_keeps_its_log(tmp_path, capsys):
     log = (tmp_path / "fcn_r18_d8_s0.log").read_text()
     assert f"--data_dir={tmp_path / 'no_data' / 'camvid_240x180'} does not exist" in log
     assert "fcn_r18_d8_s0: train.py exited with 1" in capsys.readouterr().out
+
+
+def test_unfinished_curves_are_runs_with_evaluations_and_no_record(tmp_path):
+    _write_eval(tmp_path / "fcn_r18_d8_s0" / "eval", "val_whole_step125", 125, 0.3)
+    _write_eval(tmp_path / "nl_r18_d8_s1" / "eval", "val_whole_step125", 125, 0.2)
+    (tmp_path / "caa_r18_d8_s0").mkdir()  # started, not evaluated yet
+    records = {("nl_r18_d8", 1): _record("nl_r18_d8", 1, 0.4)}
+    assert cp.unfinished_curves(str(tmp_path), records) == {("fcn_r18_d8", 0): [[125, 0.3]]}
+
+
+def test_plot_curves_writes_a_png(tmp_path):
+    records = {("fcn_r18_d8", s): _record("fcn_r18_d8", s, 0.4 + s / 100) for s in (0, 1)}
+    path = tmp_path / "curves.png"
+    cp.plot_curves(records, str(path), {("nl_r18_d8", 0): [[125, 0.3]]})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
