@@ -265,7 +265,8 @@ def report_tables(records, unfinished=None, rows=ROWS):
             classes = classes or list(r["per_class_iou"])
             lines.append(
                 f"| {label} | `configs/camvid/{stem}.cfg` | {seed} | {_pct(r['miou'])} | "
-                f"{_pct(r['best_miou'])} ({r['best_step']}) | {r['wall_s'] / 60:.1f} | "
+                f"{_pct(r['best_miou'])} ({r['best_step']}) | {r['wall_s'] / 60:.1f}"
+                f"{' (resumed)' if r.get('resumed') else ''} | "
                 f"{r['cpu_s'] / 60:.1f} | {r['cpu_s'] / 120:.1f} | "
                 f"{r['load_average']['mean']:.1f} |")
     if classes:
@@ -324,6 +325,8 @@ def plot_curves(records, path, unfinished=None, rows=ROWS):
                         label=f"{label} (seed {seed}{'' if r else ', unfinished'})")
     ax.set(xlabel="training step", ylabel="val mIoU (%)",
            title="CamVid 240x180, val mIoU during training")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

@@ -126,6 +126,9 @@ def test_report_tables_and_doc_markers(tmp_path):
     assert "| self-attention + CAR vs self-attention | +5.5 | 2.0 | yes |" in lines
     assert "| CAA + CAR vs CAA | | | not yet run (needs both seeds of both rows) |" in lines
     assert "| self-attention | 1 | 80.0 | 41.0 |" in lines
+    records[("nl_r18_d8", 0)]["resumed"] = True  # its times cover only the last part
+    assert "| self-attention | `configs/camvid/nl_r18_d8.cfg` | 0 | 40.0 | 41.0 (900) " \
+           "| 10.0 (resumed) | 25.0 | 12.5 | 1.5 |" in cp.report_tables(records).splitlines()
     unfinished = {("fcn_r18_d8", 0): [[125, 0.3], [250, 0.42]]}
     assert "| FCN | `configs/camvid/fcn_r18_d8.cfg` | 0 | not yet run (unfinished: 42.0 at " \
            "step 250) | | | | | |" in cp.report_tables(records, unfinished).splitlines()
