@@ -19,6 +19,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from iseg.benchmark import make_train_step, segmentation_loss  # noqa: E402
 from iseg.models import build_model_from_name  # noqa: E402
 from iseg.training.optimizers import build_optimizer, prepare_optimizer  # noqa: E402
 
@@ -46,16 +47,7 @@ def main():
     y = tf.constant(rng.integers(0, args.num_classes, (args.batch, args.size, args.size)),
                     tf.int32)
 
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            pred = model(x, training=True)
-            loss = model.compute_loss(x=x, y=y, y_pred=pred, training=True)
-            scaled = opt.scale_loss(loss) if hasattr(opt, "scale_loss") else loss
-        grads = tape.gradient(scaled, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
+    step = make_train_step(model, opt, segmentation_loss)
     params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     print(f"{args.model}: {params / 1e6:.1f}M parameters, batch {args.batch}, "
           f"{args.size}x{args.size}, {args.mixed_precision} precision, "

@@ -3,12 +3,14 @@ and the machine's measured dense throughput (used by `iseg.cli.benchmark` and th
 in `benchmarks/`).
 
 MACs are counted while a forward pass runs: every call of a Conv2D, Conv2DTranspose,
-DepthwiseConv2D or Dense layer, of `keras.ops.conv` (shared-kernel convolutions), of
-`keras.ops.einsum` / `keras.ops.matmul` (attention) and every bilinear resize pass of
-`iseg.ops.resize` adds its multiply-accumulates for the whole batch:
+DepthwiseConv2D or Dense layer, of `keras.ops.conv` or `iseg.ops.atrous_conv` (shared-kernel
+convolutions), of `keras.ops.einsum` / `keras.ops.matmul` (attention) and every bilinear
+resize pass of `iseg.ops.resize` adds its multiply-accumulates for the whole batch:
 
 - convolution: output elements x kernel taps x input channels per group (grouped convs
-  have `cin / groups` kernel input channels, so this covers them);
+  have `cin / groups` kernel input channels, so this covers them); `iseg.ops.atrous_conv`
+  counts as the dilated convolution it computes, all kernel taps included (it skips the
+  taps that read only zero padding);
 - transposed convolution: input elements x kernel taps x output channels;
 - depthwise convolution: output elements x kernel taps;
 - dense: output elements x input features;
@@ -84,6 +86,7 @@ COUNTED = (  # (owner, attribute, MACs of one call from (output, *call arguments
     (keras.layers.DepthwiseConv2D, "call", _depthwise),
     (keras.layers.Dense, "call", _dense),
     (keras.ops, "conv", _ops_conv),
+    (iseg.ops, "atrous_conv", _ops_conv),  # counted as the dilated conv it computes
     (keras.ops, "einsum", lambda out, eq, *operands, **k: einsum_macs(eq, *operands)),
     (keras.ops, "matmul", _matmul),
     (iseg.ops, "_interp_axis", _resize_pass),
@@ -183,6 +186,31 @@ def time_model(model, images, labels, repeats, warmup=1):
     train = _phase(lambda: model.train_on_batch(images, labels), batch, repeats, warmup)
     infer = _phase(lambda: model.predict_on_batch(images), batch, repeats, warmup)
     return {"train_step": train, "inference": infer}
+
+
+def make_train_step(model, optimizer, loss_fn):
+    """A TensorFlow `tf.function` `step(x, y)`: `loss_fn(model, x, y)` under a gradient
+    tape, gradients of the trainable weights, `optimizer.apply_gradients`; returns the loss
+    (a loss-scaling optimizer scales it before the gradients)."""
+    import tensorflow as tf
+
+    optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(model, x, y)
+            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return step
+
+
+def segmentation_loss(model, x, y):
+    """The trainer's loss of a SegmentationModel: training forward, `compute_loss`."""
+    return model.compute_loss(x=x, y=y, y_pred=model(x, training=True), training=True)
 
 
 # ----------------------------------------------------------------------------- machine

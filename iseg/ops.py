@@ -77,3 +77,62 @@ def spatial_shape(x):
 def compute_dtype_of(layer):
     """The compute dtype of a layer under its dtype policy."""
     return keras.backend.standardize_dtype(layer.compute_dtype)
+
+
+# Captured at import: `iseg.benchmark.count_macs` patches `keras.ops.conv` / `matmul` to count
+# them, and an atrous convolution is counted once, by the layer or helper that calls it.
+_conv = ops.conv
+_matmul = ops.matmul
+
+# A dilated conv whose rate x rate phase sub-images are at least this many pixels on each
+# side runs as Keras's own dilated conv; smaller ones as one matmul per kernel tap (measured
+# in docs/benchmarks.md: the taps are faster below 8, slower above, on both TF CPU paths).
+MIN_PHASE_SIZE = 8
+
+
+def _valid_taps(size, rate, kernel_size):
+    """The kernel indices along one axis whose taps read at least one pixel of the image
+    ('same' padding, stride 1): a centred range, so the sliced kernel is still centred."""
+    half = kernel_size // 2
+    reach = min(half, (size - 1) // rate)
+    return half - reach, half + reach + 1
+
+
+def _taps_conv(x, kernel, rate):
+    """Dilated 'same' conv as a sum of one matmul per kernel tap over shifted inputs."""
+    n, h, w, c = x.shape
+    kh, kw = kernel.shape[:2]
+    ph, pw = rate * (kh // 2), rate * (kw // 2)
+    x = ops.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+    y = 0
+    for i in range(kh):
+        for j in range(kw):
+            tap = x[:, i * rate:i * rate + h, j * rate:j * rate + w]
+            y = y + _matmul(ops.reshape(tap, (-1, c)), kernel[i, j])
+    return ops.reshape(y, (-1, h, w, kernel.shape[-1]))
+
+
+def atrous_conv(x, kernel, rate):
+    """`keras.ops.conv(x, kernel, padding="same", dilation_rate=rate)` for an NHWC `x`,
+    stride 1 and an odd-sized `[kh, kw, cin, cout]` kernel, avoiding the cases where the
+    dilated conv's input gradient is very slow in TensorFlow's CPU kernels.
+
+    Taps that read only the zero padding are dropped (their products are zero); if one tap
+    is left the conv is a matmul. TensorFlow computes a dilated conv on the rate x rate
+    phase sub-images of the input (space-to-batch: pixel (r*a + p, r*b + q) goes to image
+    (p, q) at (a, b), where the conv is a plain one); when those are smaller than
+    `MIN_PHASE_SIZE` a side its backward pass is very slow (many tiny images), so then the
+    conv is computed as one matmul per kernel tap over shifted copies of the input.
+    Otherwise it is `keras.ops.conv`. Exact up to float32 summation order, in both
+    directions. Unknown spatial sizes (symbolic shapes) also fall back to `keras.ops.conv`.
+    """
+    h, w = x.shape[1], x.shape[2]
+    if h is None or w is None or rate == 1:
+        return _conv(x, kernel, strides=1, padding="same", dilation_rate=rate)
+    (i0, i1), (j0, j1) = (_valid_taps(h, rate, kernel.shape[0]),
+                          _valid_taps(w, rate, kernel.shape[1]))
+    kernel = kernel[i0:i1, j0:j1]
+    one_tap = i1 - i0 == 1 and j1 - j0 == 1
+    if not one_tap and min(-(-h // rate), -(-w // rate)) >= MIN_PHASE_SIZE:
+        return _conv(x, kernel, strides=1, padding="same", dilation_rate=rate)
+    return _taps_conv(x, kernel, rate)

@@ -43,7 +43,8 @@ def test_hand_count_of_a_small_conv_net():
 
 
 def test_ops_calls_are_counted_and_everything_is_restored():
-    originals = (keras.ops.einsum, keras.ops.matmul, keras.ops.conv, ops._interp_axis)
+    originals = (keras.ops.einsum, keras.ops.matmul, keras.ops.conv, ops._interp_axis,
+                 ops.atrous_conv)
     layers = (keras.layers.Conv2D, keras.layers.Dense, keras.layers.DepthwiseConv2D,
               keras.layers.Conv2DTranspose)
     calls = [vars(cls).get("call", "inherited") for cls in layers]
@@ -56,9 +57,16 @@ def test_ops_calls_are_counted_and_everything_is_restored():
         keras.ops.conv(np.ones((1, 8, 8, 3), "float32"), np.ones((3, 3, 3, 4), "float32"),
                        padding="same", dilation_rate=2)
         assert total[0] == 2 * (2 * 5 * 7 * 3) + 8 * 8 * 4 * 27
+        ops.atrous_conv(np.ones((1, 4, 4, 3), "float32"), np.ones((3, 3, 3, 4), "float32"), 8)
+        assert total[0] == 2 * (2 * 5 * 7 * 3) + 8 * 8 * 4 * 27 + 4 * 4 * 4 * 27  # all taps
+    from iseg.layers.conv_bn_act import ConvBNAct
+    with benchmark.count_macs() as total:  # once, as the layer, not again as its matmul
+        ConvBNAct(4, 3, dilation_rate=2)(np.ones((1, 4, 4, 3), "float32"))
+    assert total[0] == 4 * 4 * 4 * 27
     assert benchmark.einsum_macs("...c,ck->...k", np.ones((2, 4, 3)), np.ones((3, 6))) == \
         3 * 6  # "..." dims are not indices of the equation
-    assert (keras.ops.einsum, keras.ops.matmul, keras.ops.conv, ops._interp_axis) == originals
+    assert (keras.ops.einsum, keras.ops.matmul, keras.ops.conv, ops._interp_axis,
+            ops.atrous_conv) == originals
     assert [vars(cls).get("call", "inherited") for cls in layers] == calls
     with pytest.raises(ZeroDivisionError), benchmark.count_macs():
         raise ZeroDivisionError

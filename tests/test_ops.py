@@ -98,3 +98,88 @@ def test_conv_bn_act_and_image_level_round_trip(tmp_path):
     restored = keras.saving.load_model(path)
     np.testing.assert_allclose(np.asarray(restored(data)), np.asarray(out), atol=1e-6)
     assert restored.get_layer("cba").get_config()["dilation_rate"] == 2
+
+
+def _np_dilated(x, k, r):
+    """Oracle: 'same'-padded dilated conv with explicit tap loops, and the padded input."""
+    kh, kw = k.shape[:2]
+    ph, pw = r * (kh // 2), r * (kw // 2)
+    n, h, w, _ = x.shape
+    xp = np.pad(x.astype(np.float64), [(0, 0), (ph, ph), (pw, pw), (0, 0)])
+    y = np.zeros((n, h, w, k.shape[-1]))
+    for i in range(kh):
+        for j in range(kw):
+            y += xp[:, i * r:i * r + h, j * r:j * r + w] @ k[i, j]
+    return y, xp
+
+
+def _np_dilated_grads(x, k, r, g):
+    """Oracle gradients of sum(conv(x, k) * g): each tap's input and kernel gradient."""
+    kh, kw = k.shape[:2]
+    ph, pw = r * (kh // 2), r * (kw // 2)
+    n, h, w, _ = x.shape
+    _, xp = _np_dilated(x, k, r)
+    dxp = np.zeros_like(xp)
+    dk = np.zeros(k.shape)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, i * r:i * r + h, j * r:j * r + w] += g @ k[i, j].T
+            dk[i, j] = np.einsum("nhwc,nhwd->cd", xp[:, i * r:i * r + h, j * r:j * r + w], g)
+    return dxp[:, ph:ph + h, pw:pw + w], dk
+
+
+@pytest.mark.parametrize("min_phase", [1, 1000])  # Keras's conv / one matmul per tap
+@pytest.mark.parametrize("h,w,rate,k", [
+    (9, 11, 2, 3), (13, 7, 3, 3), (16, 16, 4, 3), (17, 17, 2, 5), (6, 20, 3, 3),
+    (5, 5, 4, 3),     # some taps read only padding on both axes: a matmul
+    (4, 12, 5, 3),    # ... on one axis only
+])
+def test_atrous_conv_matches_the_dilated_conv_and_its_gradients(monkeypatch, min_phase,
+                                                                h, w, rate, k):
+    monkeypatch.setattr(iops, "MIN_PHASE_SIZE", min_phase)
+    rng = np.random.default_rng(h * w + rate)
+    x = rng.normal(size=(2, h, w, 3)).astype("float32")
+    kernel = rng.normal(size=(k, k, 3, 4)).astype("float32")
+    g = rng.normal(size=(2, h, w, 4)).astype("float32")
+    xt, kt = tf.constant(x), tf.constant(kernel)
+    with tf.GradientTape() as tape:
+        tape.watch([xt, kt])
+        y = iops.atrous_conv(xt, kt, rate)
+        loss = tf.reduce_sum(y * g)
+    dx, dk = tape.gradient(loss, [xt, kt])
+    want, _ = _np_dilated(x, kernel, rate)
+    want_dx, want_dk = _np_dilated_grads(x, kernel, rate, g)
+    np.testing.assert_allclose(np.asarray(y), want, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dx), want_dx, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dk), want_dk, atol=1e-4)
+    np.testing.assert_allclose(  # and Keras's own dilated conv
+        np.asarray(keras.ops.conv(x, kernel, padding="same", dilation_rate=rate)), want,
+        atol=1e-4)
+
+
+def test_atrous_conv_falls_back_on_unknown_sizes_and_rate_1():
+    kernel = np.ones((3, 3, 2, 2), "float32")
+    sym = keras.KerasTensor((None, None, None, 2))
+    assert keras.ops.conv(sym, kernel, padding="same", dilation_rate=2).shape == \
+        iops.atrous_conv(sym, kernel, 2).shape == (None, None, None, 2)
+    x = np.random.default_rng(0).normal(size=(1, 5, 6, 2)).astype("float32")
+    np.testing.assert_allclose(np.asarray(iops.atrous_conv(x, kernel, 1)),
+                               _np_dilated(x, kernel, 1)[0], atol=1e-5)
+
+
+def test_atrous_conv2d_loads_plain_conv2d_weights_and_computes_the_same(tmp_path):
+    from iseg.layers.conv_bn_act import Conv2D as AtrousConv2D
+
+    def net(cls):
+        inp = keras.Input((10, 7, 3))
+        return keras.Model(inp, cls(5, 3, dilation_rate=3, padding="same", name="c")(inp))
+
+    plain, ours = net(keras.layers.Conv2D), net(AtrousConv2D)
+    x = np.random.default_rng(1).normal(size=(2, 10, 7, 3)).astype("float32")
+    plain.set_weights([np.random.default_rng(2).normal(size=w.shape) for w in plain.weights])
+    plain.save_weights(tmp_path / "w.weights.h5")
+    ours.load_weights(tmp_path / "w.weights.h5")
+    assert [v.path for v in ours.weights] == [v.path for v in plain.weights]
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(plain(x)), atol=1e-5)
+    assert isinstance(ConvBNAct(4, 3, dilation_rate=2).conv, AtrousConv2D)
+    assert type(ConvBNAct(4, 3).conv) is keras.layers.Conv2D

@@ -19,6 +19,7 @@ import keras
 from keras import ops
 
 from iseg.backbones.common import DropPath, linear_drop_rates, out_size, pad_hw
+from iseg.layers.conv_bn_act import conv2d
 
 DEPTHS = {
     18: ("basic", (2, 2, 2, 2)),
@@ -31,7 +32,7 @@ DEPTHS = {
 
 def _conv(filters, kernel, stride, dilation, use_bias, padding, dtype, name):
     explicit = padding == "symmetric" and stride > 1
-    return keras.layers.Conv2D(
+    return conv2d(
         filters,
         kernel,
         strides=stride,

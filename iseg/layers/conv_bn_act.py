@@ -3,7 +3,32 @@
 import keras
 from keras import ops
 
-from iseg.ops import spatial_shape
+from iseg.ops import atrous_conv, spatial_shape
+
+
+@keras.saving.register_keras_serializable(package="iseg")
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` whose dilated stride-1 'same' convolution runs as
+    `iseg.ops.atrous_conv` (same weights, same result up to float32 rounding, fast input
+    gradient). Other configurations run as in Keras's Conv2D. It keeps the class name
+    because Keras weight files address a layer's variables by its class name, so weight
+    files and checkpoints of either class load into the other."""
+
+    def convolution_op(self, inputs, kernel):
+        rate = self.dilation_rate[0]
+        if (rate > 1 and self.dilation_rate[1] == rate and self.strides == (1, 1)
+                and self.padding == "same" and self.groups == 1
+                and self.data_format == "channels_last"
+                and all(k % 2 for k in self.kernel_size)):
+            return atrous_conv(inputs, kernel, rate)
+        return super().convolution_op(inputs, kernel)
+
+
+def conv2d(filters, kernel_size, dilation_rate=1, **kwargs):
+    """A `keras.layers.Conv2D`, or the `Conv2D` above when it is dilated."""
+    rates = (dilation_rate,) * 2 if isinstance(dilation_rate, int) else tuple(dilation_rate)
+    cls = Conv2D if max(rates) > 1 else keras.layers.Conv2D
+    return cls(filters, kernel_size, dilation_rate=dilation_rate, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="iseg")
@@ -56,9 +81,7 @@ class ConvBNAct(keras.layers.Layer):
                 depthwise_initializer=kernel_initializer, **common
             )
         else:
-            self.conv = keras.layers.Conv2D(
-                filters, kernel_initializer=kernel_initializer, **common
-            )
+            self.conv = conv2d(filters, kernel_initializer=kernel_initializer, **common)
         self.bn = (
             keras.layers.BatchNormalization(
                 momentum=bn_momentum, epsilon=bn_epsilon, dtype=self.dtype_policy, name="bn"

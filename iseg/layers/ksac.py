@@ -11,6 +11,8 @@ the spec (two third-party implementations disagree): `fusion="concat"` (default)
 import keras
 from keras import ops
 
+import iseg.ops
+
 from iseg.layers.conv_bn_act import ConvBlock, ConvBNAct, ImageLevel
 
 FUSIONS = ("concat", "sum")
@@ -90,8 +92,7 @@ class KernelSharingASPP(ConvBlock):
     def atrous_branches(self, x, training=None):
         """The per-rate outputs `ReLU(BN_r(conv(x, W, dilation=r)))`."""
         kernel = ops.cast(self.shared_kernel, x.dtype)
-        convs = [ops.conv(x, kernel, strides=1, padding="same", dilation_rate=r)
-                 for r in self.rates]
+        convs = [iseg.ops.atrous_conv(x, kernel, r) for r in self.rates]
         return [ops.relu(bn(c, training=training)) for c, bn in zip(convs, self.rate_bns)]
 
     def call(self, x, training=None):

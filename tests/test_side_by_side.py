@@ -1,0 +1,52 @@
+"""benchmarks/side_by_side.py runs end to end in --quick mode and writes its JSON."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "side_by_side", os.path.join(ROOT, "benchmarks", "side_by_side.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(tmp_path, *extra):
+    out = tmp_path / "r.json"
+    _script().main(["--quick", f"--output={out}", *extra])
+    return json.loads(out.read_text())
+
+
+def test_quick_layer_sections_write_timings_ratios_and_the_machine(tmp_path):
+    result = _run(tmp_path, "--sections", "caa", "ksac", "dilated")
+    assert result["quick"] is True
+    assert {"cpu", "cores", "onednn", "TF_ENABLE_ONEDNN_OPTS", "load_average", "tensorflow",
+            "keras", "load_average_end"} <= set(result["machine"])
+    caa = result["caa"]["9"]
+    assert set(caa["times"]) == {"closed", "grouped"}
+    assert len(caa["times"]["closed"]["runs_s"]) == result["settings"]["repeats"] == 1
+    assert caa["ratio_time"] == pytest.approx(
+        caa["times"]["closed"]["runs_s"][0] / caa["times"]["grouped"]["runs_s"][0])
+    ksac = result["ksac"]
+    # KSAC shares one 3x3 kernel over its three rates: two kernels fewer than ASPP's
+    assert ksac["aspp"]["params"] - ksac["ksac"]["params"] == 2 * 3 * 3 * 16 * 8
+    assert ksac["ksac"]["macs_per_image"] == ksac["aspp"]["macs_per_image"]
+    assert "backbones" not in result and "mfu" not in result
+    assert set(result["dilated"]) == {"9x9x8 rate 2", "9x9x8 rate 4"}
+    assert result["dilated"]["9x9x8 rate 4"]["phase_size"] == 3
+
+
+@pytest.mark.slow
+def test_quick_run_of_every_section_and_the_plot(tmp_path):
+    png = tmp_path / "sizes.png"
+    result = _run(tmp_path, f"--plot={png}")
+    assert set(result["backbones"]) == {"resnet50", "convnext_tiny"}
+    assert [s["size"] for s in result["sizes"]] == [32, 40]
+    assert result["mfu"]["mfu_after"] > 0 and result["mfu"]["flops_per_step"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
