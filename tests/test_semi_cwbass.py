@@ -72,9 +72,11 @@ def test_loss_terms_equal_an_independent_computation(options):
 
 
 def test_ramp_and_teacher_settings():
-    method = build_method("cwbass", {"ramp_fraction": 0.1})
-    assert [float(method.ramp(t, 200)) for t in (0, 5, 20, 500)] == [0.0, 0.25, 1.0, 1.0]
-    assert float(build_method("cwbass", {"ramp_fraction": 0}).ramp(0, 200)) == 1.0
+    method = build_method("cwbass", {"ramp_steps": 20})
+    assert [float(method.ramp(t, 1000)) for t in (0, 5, 20, 500)] == [0.0, 0.25, 1.0, 1.0]
+    default = build_method("cwbass")  # the first 5/80 of the run
+    assert [float(default.ramp(t, 320)) for t in (0, 5, 20, 500)] == [0.0, 0.25, 1.0, 1.0]
+    assert float(build_method("cwbass", {"ramp_steps": 0}).ramp(0, 200)) == 1.0
     assert method.teacher == "ema" and method.unlabeled_streams == 1
     assert method.ema() == {"alpha": 0.999, "ramp": False, "copy_bn": True}
 

@@ -12,7 +12,7 @@ One online mean-teacher loop (the paper's two stages are not in the code):
   one-hot pseudo-label and valid) / #(boundary and valid), gamma = 1;
 - optional confidence decay (off): conf <- 0.9 conf before the weighting;
 - L = L_sup + lambda_u * r_t * L_u, r_t = min(1, t / ramp_steps), the linear ramp over the
-  first 5 of 80 epochs (VOC): ramp_steps = ramp_fraction * (the run's steps).
+  first 5 epochs; `ramp_steps` None: the first 5/80 of the run (VOC's 5 of 80 epochs).
 The labeled and unlabeled batches go through the student in separate forward passes, as
 coded (separate batch-norm statistics).
 """
@@ -33,7 +33,7 @@ class CWBASS(SemiMethod):
         "beta": 0.5,
         "boundary_weight": 0.5,
         "lambda_u": 1.0,
-        "ramp_fraction": 5 / 80,
+        "ramp_steps": None,
         "confidence_decay": False,
         "decay_factor": 0.9,
     }
@@ -43,11 +43,13 @@ class CWBASS(SemiMethod):
         return dict(alpha=float(self.options["ema_alpha"]), ramp=False, copy_bn=True)
 
     def ramp(self, step, total_steps):
-        """r_t = min(1, t / ramp_steps) (1 without a ramp)."""
-        ramp_steps = float(self.options["ramp_fraction"]) * total_steps
+        """r_t = min(1, t / ramp_steps) (1 when ramp_steps is 0)."""
+        ramp_steps = self.options["ramp_steps"]
+        if ramp_steps is None:
+            ramp_steps = round(total_steps * 5 / 80)
         if ramp_steps <= 0:
             return tf.constant(1.0)
-        return tf.minimum(1.0, tf.cast(step, tf.float32) / ramp_steps)
+        return tf.minimum(1.0, tf.cast(step, tf.float32) / float(ramp_steps))
 
     def unsupervised(self, ctx, u_image, ignore):
         """(L_cw, L_b): the two parts of L_u on one unlabeled batch (unweighted)."""
