@@ -41,7 +41,8 @@ def test_experiment_resolves(path):
     assert cfg.model_dir == f"runs/{path.stem}"
     assert cfg.car == (path.stem.endswith("_car") or "_car_" in path.stem), path
     # each experiment folder is one dataset (demo: the synthetic shapes)
-    assert cfg.dataset == {"demo": "shapes"}.get(path.parent.name, path.parent.name), path
+    folder = {"demo": "shapes", "voc": "voc2012"}.get(path.parent.name, path.parent.name)
+    assert cfg.dataset == folder, path
     assert kwargs["head"] in HEADS and kwargs["backbone"] in BACKBONES, path
 
 
@@ -117,3 +118,21 @@ def test_sar_rows_use_the_published_recipe(dataset, steps, lr, l2, batch):
     for stem in ("fcn_r50_d8", "deeplabv3_r50_d8", "nl_r50_d8"):
         cfg = load(CONFIGS / dataset / f"{stem}_sar.cfg")
         assert cfg.sar and cfg.lr == load(CONFIGS / dataset / f"{stem}.cfg").lr
+
+
+def test_unimatch_rows_use_the_published_recipe():
+    rows = sorted((CONFIGS / "semi").glob("*/unimatch_*.cfg"))
+    assert len(rows) == 9
+    for path in rows:
+        cfg = load(path)
+        voc = path.parent.name == "voc"
+        partition = path.stem.split("_", 2)[2]
+        assert cfg.semi == "unimatch" and cfg.optimizer == "sgd" and cfg.aux_weight == 0.0
+        assert cfg.labeled_list.endswith(f"/{partition}/labeled.txt"), path
+        assert cfg.unlabeled_list.endswith(f"/{partition}/unlabeled.txt"), path
+        assert (cfg.crop_size, cfg.lr, cfg.semi_options["threshold"]) == (
+            ((321, 321), 0.001, 0.95) if voc else ((801, 801), 0.005, 0.0)), path
+        assert cfg.model == ("deeplabv3plus_resnet101_d16" if voc else
+                             "deeplabv3plus_resnet50_d16"), path
+        assert cfg.unlabeled_split == ("train_aug" if voc else None), path
+        assert (cfg.batch_size, cfg.unlabeled_batch_size, cfg.l2) == (8, 8, 5e-5), path

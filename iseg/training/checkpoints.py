@@ -182,9 +182,11 @@ class TrainCheckpointer:
     """
 
     def __init__(self, model_dir, *, model, optimizer, iterator=None, keep=3, is_chief=True,
-                 task_id=0):
+                 task_id=0, extra=None):
+        """`extra`: name -> trackable saved alongside (e.g. a semi-supervised run's
+        teacher)."""
         self.saved = list(model.weights) + list(optimizer.variables)
-        extra = dict(optimizer=_var_container(list(optimizer.variables)),
+        extra = dict(extra or {}, optimizer=_var_container(list(optimizer.variables)),
                      seeds=_var_container(_seed_states(model)))
         if iterator is not None:
             extra["iterator"] = iterator

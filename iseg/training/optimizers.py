@@ -110,10 +110,11 @@ def inner_optimizer(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
-def prepare_optimizer(optimizer, model, layer_decay=None):
-    """Exclude no-decay variables, set layer-wise LR scales and build the slots."""
+def prepare_optimizer(optimizer, model, layer_decay=None, extra_variables=()):
+    """Exclude no-decay variables, set layer-wise LR scales (of the model's variables) and
+    build the slots of the model's trainable variables and `extra_variables`."""
     inner = inner_optimizer(optimizer)
-    variables = model.trainable_variables
+    variables = list(model.trainable_variables) + list(extra_variables)
     if inner.weight_decay:
         inner.exclude_from_weight_decay(var_list=no_decay_variables(variables))
     if layer_decay:
@@ -122,7 +123,7 @@ def prepare_optimizer(optimizer, model, layer_decay=None):
             logging.warning("layer_decay: no stage/block structure found in the backbone "
                             "variable names; every variable keeps the base learning rate")
         inner.set_lr_scales({inner._var_key(v): layer_decay ** (num_layers + 1 - ids[id(v)])
-                             for v in variables})
+                             for v in model.trainable_variables})
     optimizer.build(variables)
     return optimizer
 

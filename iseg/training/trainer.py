@@ -106,6 +106,12 @@ class _Run:
     meta: object
     task_id: int
     is_chief: bool
+    semi: object = None  # iseg.semi.engine.SemiEngine of a --semi run
+
+    @property
+    def eval_model(self):
+        """The network evaluated and exported (a semi run's EMA teacher, if any)."""
+        return self.model if self.semi is None else self.semi.eval_model
 
     @property
     def replicas(self):
@@ -134,10 +140,14 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
     checkpointer = ckpt_lib.TrainCheckpointer(
         cfg.model_dir, model=run.model, optimizer=run.optimizer,
         iterator=iterator if (cfg.checkpoint_input and not run.is_tpu) else None,
-        keep=cfg.keep_checkpoints, is_chief=run.is_chief, task_id=run.task_id)
+        keep=cfg.keep_checkpoints, is_chief=run.is_chief, task_id=run.task_id,
+        extra=run.semi.checkpoint_objects() if run.semi else None)
     checkpointer.restore(resume)
-    train_step = _build_train_step(run, split, normalization)
-    evaluate_fn = _make_periodic_eval(cfg, run.model, run.meta, normalization,
+    if run.semi is None:
+        train_step = _build_train_step(run, split, normalization)
+    else:
+        train_step = run.semi.build_train_step(run.strategy, run.optimizer, split)
+    evaluate_fn = _make_periodic_eval(cfg, run.eval_model, run.meta, normalization,
                                       eval_dataset_fn, run.is_chief)
     step, losses, last_scores = _run_loop(run, train_step, iterator, checkpointer,
                                           evaluate_fn)
@@ -145,10 +155,11 @@ def _train(cfg, model_fn, train_dataset_fn, eval_dataset_fn, meta, after_trainin
         checkpointer.save(step)
     if cfg.evaluate_at_end and step > 0:
         last_scores = evaluate_fn(step)
-    result = dict(step=step, losses=losses, scores=last_scores, model=run.model,
-                  strategy=run.strategy, is_chief=run.is_chief)
+    result = dict(step=step, losses=losses, scores=last_scores, model=run.eval_model,
+                  strategy=run.strategy, is_chief=run.is_chief, student=run.model,
+                  semi=run.semi)
     if after_training is not None and run.is_chief:
-        after_training(run.model, result)
+        after_training(run.eval_model, result)
     return result
 
 
@@ -166,6 +177,11 @@ def _set_up_model(cfg, model_fn, meta):
         model = (model_fn or config_lib.build_model_from_config)(cfg, meta)
         if cfg.sync_bn and strategy.num_replicas_in_sync > 1:
             logging.info("sync BN on %d layers", enable_sync_bn(model))
+        semi = None
+        if cfg.semi != "none":
+            from iseg.semi.engine import SemiEngine
+
+            semi = SemiEngine(cfg, meta, model, input_normalization(model))
         schedule = WarmupDecay(cfg.lr, cfg.steps, cfg.schedule, end_lr=cfg.end_lr,
                                power=cfg.poly_power, warmup_steps=cfg.warmup_steps,
                                warmup_ratio=cfg.warmup_ratio, accum_steps=accum)
@@ -174,9 +190,10 @@ def _set_up_model(cfg, model_fn, meta):
             beta_1=cfg.beta_1, beta_2=cfg.beta_2, weight_decay=cfg.weight_decay,
             clip_norm=cfg.clip_norm, grad_accum_steps=accum, layer_decay=cfg.layer_decay,
             loss_scale=cfg.mixed_precision == "float16")
-        prepare_optimizer(optimizer, model, cfg.layer_decay)
+        prepare_optimizer(optimizer, model, cfg.layer_decay,
+                          semi.extra_trainable_variables() if semi else ())
         loss_tracker = keras.metrics.Mean(name="loss")
-    return _Run(cfg, strategy, model, optimizer, loss_tracker, meta, task_id, is_chief)
+    return _Run(cfg, strategy, model, optimizer, loss_tracker, meta, task_id, is_chief, semi)
 
 
 def _set_up_input(run, train_dataset_fn, normalization, resume):
@@ -188,7 +205,9 @@ def _set_up_input(run, train_dataset_fn, normalization, resume):
     """
     cfg, strategy = run.cfg, run.strategy
     resample = resample_mode(cfg.resample, run.is_tpu)
-    if train_dataset_fn is None:
+    if train_dataset_fn is None and run.semi is not None:
+        train_dataset_fn = run.semi.dataset_fn(resample, config_lib.augment_options(cfg))
+    elif train_dataset_fn is None:
         train_dataset_fn = config_lib.make_train_dataset_fn(cfg, normalization, resample)
     # Resume: without a saved input position, a resumed run reseeds the data order by
     # the step of the checkpoint it resumes from (`resume`).
@@ -208,16 +227,18 @@ def _set_up_input(run, train_dataset_fn, normalization, resume):
                                      num_replicas_in_sync=num_workers)
     with tf.device("/cpu:0"):
         iterator = iter(train_dataset_fn(ctx, seed))
-    per_replica = cfg.batch_size // run.replicas
 
     def split(batch):
         if run.replicas == 1:
             return batch
 
-        def value_fn(value_ctx):
+        def value_fn(value_ctx):  # each tensor's worker batch split over local replicas
             local = value_ctx.replica_id_in_sync_group - worker_index * local_replicas
-            return tf.nest.map_structure(
-                lambda t: t[local * per_replica:(local + 1) * per_replica], batch)
+
+            def part(t):
+                n = t.shape[0] // local_replicas
+                return t[local * n:(local + 1) * n]
+            return tf.nest.map_structure(part, batch)
         return strategy.experimental_distribute_values_from_function(value_fn)
 
     return iterator, split

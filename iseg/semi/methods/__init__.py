@@ -9,6 +9,7 @@ import importlib
 from iseg.errors import ConfigError
 
 _METHODS = {  # name -> "module:class"; one line per method
+    "unimatch": "iseg.semi.methods.unimatch:UniMatch",
     "augseg": "iseg.semi.methods.augseg:AugSeg",
     "cps": "iseg.semi.methods.cps:CPS",
     "imas": "iseg.semi.methods.imas:IMAS",

@@ -26,8 +26,7 @@ class SemiMethod:
         unlabeled batch (`batch["u_image2"]`, `batch["u_ignore2"]`).
       defaults: option name -> default (the official VOC value); `--semi_options=k=v,...`
         overrides them.
-      ema_options: for teacher "ema", the options of `iseg.semi.teacher.EMATeacher`
-        (names of `defaults`), e.g. ``{"alpha": "ema_alpha"}``.
+    A method with teacher "ema" sets its EMA settings in `ema()`.
     """
 
     name = None
@@ -47,6 +46,12 @@ class SemiMethod:
     def build(self, ctx):
         """Create extra Keras layers / tf.Variables (thresholds, heads); called once, in
         the strategy scope, before training (and before a checkpoint is restored)."""
+
+    def ema(self):
+        """Settings of the EMA teacher (teacher "ema"): `iseg.semi.teacher.EMATeacher`'s
+        keyword arguments. Default: AugSeg's rule with the ``ema_alpha`` option (0.999)."""
+        return dict(alpha=float(self.options.get("ema_alpha", 0.999)), ramp=True,
+                    copy_bn=False)
 
     def trainable_layers(self):
         """Extra layers trained with the student (e.g. a correlation head)."""
@@ -117,6 +122,10 @@ class SemiContext:
     def decode(self, endpoints, size, training=True):
         """The student's head output for `endpoints`, logits resized to `size`."""
         return self.model.decode(endpoints, size, training=training)
+
+    def head_endpoints(self):
+        """The names of the endpoints the student's head reads (e.g. ["c5", "c2"])."""
+        return self.model.head_endpoints()
 
     def supervised(self, labels, outputs):
         """dict of the student's own supervised loss terms (CE, aux, CAR, SAR, ...)."""
