@@ -136,3 +136,46 @@ def test_unimatch_rows_use_the_published_recipe():
                              "deeplabv3plus_resnet50_d16"), path
         assert cfg.unlabeled_split == ("train_aug" if voc else None), path
         assert (cfg.batch_size, cfg.unlabeled_batch_size, cfg.l2) == (8, 8, 5e-5), path
+
+
+def _published_steps(epochs, unlabeled, gpus, per_gpu):
+    """Epochs of DistributedSampler + drop_last iterations over the unlabeled set."""
+    return epochs * (-(-unlabeled // gpus) // per_gpu)
+
+
+def test_corrmatch_rows_use_the_published_recipe():
+    rows = sorted((CONFIGS / "semi").glob("*/corrmatch_*.cfg"))
+    assert len(rows) == 9
+    sizes = {"92": 92, "183": 183, "366": 366, "732": 732, "1464": 1464,
+             "1_16": 186, "1_8": 372, "1_4": 744, "1_2": 1488}
+    for path in rows:
+        cfg = load(path)
+        voc = path.parent.name == "voc"
+        partition = path.stem.split("_", 2)[2]
+        assert cfg.semi == "corrmatch" and cfg.semi_options == {"thresh_init": 0.85}, path
+        assert cfg.model == "deeplabv3plus_resnet101_d8" and cfg.aux_weight == 0.0, path
+        assert cfg.labeled_list.endswith(f"/{partition}/labeled.txt"), path
+        assert cfg.unlabeled_list.endswith(f"/{partition}/unlabeled.txt"), path
+        assert (cfg.crop_size, cfg.lr, cfg.batch_size, cfg.unlabeled_batch_size) == (
+            ((321, 321), 0.001, 16, 16) if voc else ((801, 801), 0.005, 8, 8)), path
+        assert (cfg.ohem_thresh, cfg.ohem_min_kept) == ((None, 100000) if voc else
+                                                        (0.7, 100000)), path
+        total = 10582 if voc else 2975
+        assert cfg.steps == _published_steps(80 if voc else 240, total - sizes[partition], 4,
+                                             4 if voc else 2), path
+
+
+def test_cwbass_rows_use_the_published_recipe():
+    rows = sorted((CONFIGS / "semi").glob("*/cwbass_*.cfg"))
+    assert [f"{p.parent.name}/{p.stem}" for p in rows] == [
+        "cityscapes/cwbass_r50_1_30", "cityscapes/cwbass_r50_1_4", "voc/cwbass_r50_1_4"]
+    for path, labeled in zip(rows, (100, 744, 2646)):
+        cfg = load(path)
+        voc = path.parent.name == "voc"
+        epochs, total = (80, 10582) if voc else (240, 2975)
+        iters = max(labeled // 16, (total - labeled) // 16)
+        assert cfg.semi == "cwbass" and cfg.semi_options == {"ramp_steps": 5 * iters}, path
+        assert cfg.model == "deeplabv3plus_resnet50_d16" and cfg.ohem_thresh is None, path
+        assert (cfg.batch_size, cfg.unlabeled_batch_size, cfg.steps) == (16, 16, epochs * iters)
+        assert (cfg.crop_size, cfg.lr) == (((321, 321), 0.001) if voc else
+                                           ((721, 721), 0.004)), path

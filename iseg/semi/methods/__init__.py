@@ -13,6 +13,7 @@ _METHODS = {  # name -> "module:class"; one line per method
     "augseg": "iseg.semi.methods.augseg:AugSeg",
     "cps": "iseg.semi.methods.cps:CPS",
     "imas": "iseg.semi.methods.imas:IMAS",
+    "corrmatch": "iseg.semi.methods.corrmatch:CorrMatch",
     "cwbass": "iseg.semi.methods.cwbass:CWBASS",
 }
 

@@ -40,15 +40,21 @@ def forward_with_fp(ctx, images, rate, seed):
     """(outputs, fp_logits): the student's training output on normalised `images` and the
     logits of its head on the same backbone endpoints with the head's endpoints through
     `channel_dropout` (one head call on the doubled batch)."""
-    n = tf.shape(images)[0]
     endpoints = ctx.encode(images, training=True)
+    return decode_with_fp(ctx, endpoints, spatial_shape(images), rate, seed)
+
+
+def decode_with_fp(ctx, endpoints, size, rate, seed):
+    """`forward_with_fp` on given backbone `endpoints` (logits resized to `size`), for
+    methods that read the endpoints too (CorrMatch's correlation head)."""
+    n = tf.shape(next(iter(endpoints.values())))[0]
     keys = set(ctx.head_endpoints())
     seeds = tf.random.experimental.stateless_split(seed, max(1, len(endpoints)))
     doubled = {}
     for i, (key, value) in enumerate(sorted(endpoints.items())):
         other = channel_dropout(value, rate, seeds[i]) if key in keys else value
         doubled[key] = tf.concat([value, other], axis=0)
-    out = ctx.decode(doubled, spatial_shape(images), training=True)
+    out = ctx.decode(doubled, size, training=True)
     clean = tf.nest.map_structure(lambda t: t[:n], out)
     return clean, out["logits"][n:]
 
