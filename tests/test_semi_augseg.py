@@ -52,3 +52,24 @@ def test_augseg_two_steps_train_the_student_only():
     assert any(not np.array_equal(a, v.numpy()) for a, v in zip(before, after))
     for a, v in zip(frozen, teacher.weights):  # the teacher moves only by the engine's EMA
         np.testing.assert_array_equal(a, v.numpy())
+
+
+def test_augseg_rows_use_the_published_recipe():
+    from test_configs import CONFIGS, load
+
+    rows = sorted((CONFIGS / "semi").glob("*/augseg_r50_*.cfg"))
+    assert len(rows) == 7
+    labeled = {"1_16": (662, 186), "1_8": (1323, 372), "1_4": (2646, 744), "1_2": (None, 1488)}
+    for path in rows:
+        cfg, voc = load(path), path.parent.name == "voc"
+        part = path.stem.split("_", 2)[2]
+        unlabeled = (10582 if voc else 2975) - labeled[part][0 if voc else 1]
+        steps = unlabeled // 16 * (80 if voc else 240)  # epochs of the unlabeled set
+        options = {} if voc else {"tau": -0.7, "weight": 2.0, "ema_alpha": 0.996}
+        assert (cfg.semi, cfg.semi_options, cfg.model) == (
+            "augseg", options, "deeplabv3plus_resnet50_d16"), path
+        assert (cfg.batch_size, cfg.unlabeled_batch_size, cfg.lr, cfg.steps, cfg.l2) == (
+            16, 16, 0.001 if voc else 0.01, steps, 5e-5 if voc else 2.5e-4), path
+        assert cfg.crop_size == ((513, 513) if voc else (800, 800)), path
+        assert cfg.ohem_thresh == (None if voc else 0.7), path
+        assert cfg.labeled_list.endswith(f"/{part}/labeled.txt"), path

@@ -62,3 +62,24 @@ def test_registry_builds_the_three_methods():
                                                              "ema_alpha": 0.996}
     assert build_method("augseg").options["ema_alpha"] == 0.999
     assert build_method("cps").options == {"weight": 1.0}
+
+
+def test_cps_rows_use_the_published_recipe():
+    from test_configs import CONFIGS, load
+
+    rows = sorted((CONFIGS / "semi").glob("*/cps_r50_*.cfg"))
+    assert len(rows) == 7
+    epochs = {"1_16": (32, 128), "1_8": (34, 137), "1_4": (40, 160), "1_2": (None, 240)}
+    for path in rows:
+        cfg, voc = load(path), path.parent.name == "voc"
+        part = path.stem.split("_", 2)[2]
+        total = 10582 if voc else 2975
+        labeled = total // int(part.split("_")[1])  # CPS: 10582 // 8 labeled, the rest not
+        steps = max(labeled, total - labeled) // 8 * epochs[part][0 if voc else 1]
+        assert (cfg.semi, cfg.semi_options, cfg.model) == (
+            "cps", {} if voc else {"weight": 5.0}, "deeplabv3plus_resnet50_d16"), path
+        assert cfg.head_options["output_stride"] == 16 and cfg.eval_mode == "slide", path
+        assert (cfg.batch_size, cfg.unlabeled_batch_size, cfg.lr, cfg.steps, cfg.l2) == (
+            8, 8, 0.01 if voc else 0.16, steps, 5e-5), path
+        assert cfg.crop_size == ((512, 512) if voc else (800, 800)) and not cfg.brightness
+        assert cfg.labeled_list.endswith(f"/{part}/labeled.txt"), path

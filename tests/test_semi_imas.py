@@ -74,3 +74,24 @@ def test_imas_two_steps():
     after = student.trainable_variables
     assert any(not np.array_equal(a, v.numpy()) for a, v in zip(before, after))
     assert H == W == 32
+
+
+def test_imas_rows_use_the_published_recipe():
+    from test_configs import CONFIGS, load
+
+    rows = sorted((CONFIGS / "semi").glob("*/imas_r50_*.cfg"))
+    assert len(rows) == 7
+    labeled = {"1_16": (662, 186), "1_8": (1323, 372), "1_4": (2646, 744), "1_2": (None, 1488)}
+    for path in rows:
+        cfg, voc = load(path), path.parent.name == "voc"
+        part = path.stem.split("_", 2)[2]
+        batch = 16 if voc else 8
+        unlabeled = (10582 if voc else 2975) - labeled[part][0 if voc else 1]
+        steps = unlabeled // batch * (80 if voc else 240)  # epochs of the unlabeled set
+        assert (cfg.semi, cfg.semi_options, cfg.model) == (
+            "imas", {} if voc else {"tau": 0.7}, "deeplabv3plus_resnet50_d8"), path
+        assert cfg.head_options["output_stride"] == 8, path
+        assert (cfg.batch_size, cfg.unlabeled_batch_size, cfg.lr, cfg.steps, cfg.l2) == (
+            batch, batch, 0.001 if voc else 0.01, steps, 5e-5 if voc else 2.5e-4), path
+        assert cfg.aux_weight == (0.0 if voc else 0.4), path
+        assert cfg.crop_size == ((513, 513) if voc else (769, 769)), path
