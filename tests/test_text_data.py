@@ -230,3 +230,80 @@ def test_convert_cli_label_file_and_errors(tmp_path, capsys):
         convert.run(["convert", "--dataset=text_lmdb", f"--data_dir={tmp_path}",
                      "--splits=a,b", f"--output_dir={tmp_path / 'out2'}"])
     assert "converts one source into one split; got --splits=a,b" in capsys.readouterr().err
+
+
+class _FakeLmdb:
+    """The part of the lmdb package `records.read_lmdb` uses, over a dict."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def open(self, path, **kwargs):
+        del path, kwargs
+        return self
+
+    def begin(self, write=False):
+        del write
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def close(self):
+        pass
+
+
+def test_lmdb_folder_and_label_file_read_as_their_converted_split(tmp_path, monkeypatch):
+    """Evaluation reads an LMDB folder or a label file as it is: the same images and words
+    as the split converted from the label file."""
+    import types
+
+    from iseg.text.train import is_text_source, open_eval_dataset, source_name
+
+    words = ["Hello", "wörld", "x-1", "CUTE80", "ok"]
+    (tmp_path / "img").mkdir()
+    rng = np.random.default_rng(0)
+    pngs = []
+    for i in range(5):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (24, 20 + 8 * i, 3), np.uint8)).save(
+            buf, format="PNG")
+        pngs.append(buf.getvalue())
+    for i, png in enumerate(pngs):
+        (tmp_path / "img" / f"{i}.png").write_bytes(png)
+    label = tmp_path / "mine.txt"
+    label.write_text("".join(f"img/{i}.png\t{w}\n" for i, w in enumerate(words)),
+                     encoding="utf-8")
+    data = {b"num-samples": b"5"}
+    for i, (png, word) in enumerate(zip(pngs, words), 1):
+        data[b"image-%09d" % i], data[b"label-%09d" % i] = png, word.encode()
+    (tmp_path / "CUTE80").mkdir()
+    (tmp_path / "CUTE80" / "data.mdb").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "lmdb", _FakeLmdb(data))
+    records.convert_text(str(label), str(tmp_path / "out"), "test", "folder")
+    model = types.SimpleNamespace(image_size=(16, 40), channels=1, charset=Charset(),
+                                  max_length=8)
+
+    def read(source, data_dir=None):
+        batches = list(open_eval_dataset(model, source, data_dir, batch_size=2))
+        return (np.concatenate([b["images"].numpy() for b in batches]),
+                [w.decode() for b in batches for w in b["words"].numpy()])
+
+    images, read_words = read("test", str(tmp_path / "out"))
+    assert read_words == words and images.shape == (5, 16, 40, 1)
+    for source in (str(label), str(tmp_path / "CUTE80")):
+        assert is_text_source(source)
+        other_images, other_words = read(source)
+        assert other_words == words
+        np.testing.assert_array_equal(other_images, images)
+    assert [source_name(str(label)), source_name(str(tmp_path / "CUTE80") + "/")] == [
+        "mine", "CUTE80"]
+    assert not is_text_source("test")
+    with pytest.raises(FileNotFoundError, match="'nope' is neither an LMDB folder"):
+        open_eval_dataset(model, "nope", str(tmp_path))
