@@ -138,3 +138,37 @@ def test_semi_run_logs_terms_evaluates_the_teacher_and_resumes_bit_exactly(
     for key in ("student", "model"):  # the student and the EMA teacher
         for x, y in zip(straight[key].weights, resumed[key].weights):
             np.testing.assert_array_equal(np.array(x), np.array(y), err_msg=x.path)
+
+
+class _ToyState(_ToyEMA):
+    name = "toy_state"
+    teacher = "peer"
+
+    def build(self, ctx):
+        self.tau = tf.Variable(0.85, trainable=False, name="tau")
+        self.head = tf.keras.layers.Dense(2)
+        self.head.build((None, 3))
+
+    def trainable_layers(self):
+        return [self.head]
+
+    def state(self):
+        return {"tau": self.tau}
+
+
+def test_checkpoints_hold_the_peer_the_method_layers_and_state(monkeypatch):
+    from iseg.semi.engine import SemiEngine
+
+    monkeypatch.setitem(semi_methods._METHODS, "toy_state", f"{__name__}:_ToyState")
+    student = _model()
+    engine = SemiEngine(TrainConfig(model="demo_tiny", semi="toy_state", labeled_fraction=0.5),
+                        META, student, "minus_one_to_one")
+    objects = engine.checkpoint_objects()
+    assert sorted(objects) == ["method_layers", "method_state", "peer"]
+    assert objects["method_state"].tau is engine.method.tau
+    saved = {id(v) for v in objects["peer"]._trackable_children().values()}
+    assert saved == {id(v) for v in engine.peer.variables}
+    extra = {id(v) for v in engine.extra_trainable_variables()}
+    assert extra == {id(v) for v in engine.peer.trainable_variables + engine.method.head.
+                     trainable_variables}
+    assert engine.eval_model is student and engine.teacher is None

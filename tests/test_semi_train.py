@@ -51,3 +51,23 @@ def test_train_cli_with_a_semi_method_on_the_demo_config(shapes, tmp_path, capsy
         flags.FLAGS.unparse_flags()
     assert result["step"] == 2 and "miou" in result["scores"]
     assert "Done: 2 steps" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # a subprocess with two replicas: minutes on a loaded 2-core machine
+def test_two_replica_run_with_an_ema_teacher(shapes, tmp_path):
+    """MirroredStrategy on two logical CPUs (a subprocess: devices are fixed at start-up);
+    labeled and unlabeled batches of different sizes are split over the replicas."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    r = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train.py"),
+         f"--flagfile={REPO}/configs/demo/shapes.cfg", f"--data_dir={shapes}",
+         "--semi=augseg", "--labeled_fraction=0.25", "--steps=2", "--batch_size=2",
+         "--unlabeled_batch_size=4", "--crop_size=32,32", "--eval_batch_size=2",
+         "--export_at_end=false", "--overlays_at_end=0", "--progress=false",
+         "--num_cpu_devices=2", "--strategy=mirrored", f"--model_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Done: 2 steps" in r.stdout
