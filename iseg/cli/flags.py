@@ -359,10 +359,11 @@ def user_errors():
 
 
 def run_cli(program, define_flags, main, argv=None, verbosity=logging.INFO, *, doc=None,
-            help_groups=None, check=None):
+            help_groups=None, check=None, uses_tensorflow=None):
     """The body of every entry point: define the flags; answer `--help` (the flags of
     `help_groups`, with `doc` as the usage text); parse argv (flag files expanded); run
-    `check()` (cheap input checks, before TensorFlow is imported); then `main(argv)` with
+    `check()` (cheap input checks, before TensorFlow is imported); import TensorFlow
+    quietly unless `uses_tensorflow()` says the run does without; then `main(argv)` with
     the original argv. User errors are reported as one line `program: error: message`
     (exit 1). Returns main's result when called with `argv` (in-process use), else None
     (the console scripts `sys.exit` with it)."""
@@ -385,7 +386,8 @@ def run_cli(program, define_flags, main, argv=None, verbosity=logging.INFO, *, d
     try:
         if check is not None:
             check()
-        usage.quiet_tensorflow(FLAGS.verbosity if explicit else None)
+        if uses_tensorflow is None or uses_tensorflow():
+            usage.quiet_tensorflow(FLAGS.verbosity if explicit else None)
         result = main(argv)
     except Exception as e:  # pylint: disable=broad-except
         if not isinstance(e, LIGHT_ERRORS) and not isinstance(e, user_errors()):

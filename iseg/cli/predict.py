@@ -210,7 +210,7 @@ def write_overlays_from_dataset(cfg, model, meta, output_dir, count):
     """Overlays (image | ground truth | prediction) of the first `count` eval images."""
     from iseg.datasets.pipeline import denormalize, input_normalization
     from iseg.evaluation import make_evaluator
-    from iseg.evaluation.visualize import overlay, save_label_png, save_rgb_png
+    from iseg.evaluation.visualize import save_overlay
     from iseg.training import config as config_lib
 
     norm = input_normalization(model)
@@ -221,11 +221,8 @@ def write_overlays_from_dataset(cfg, model, meta, output_dir, count):
         images = np.clip(denormalize(features["image"], norm).numpy(), 0, 255).astype(np.uint8)
         for i in range(preds.shape[0]):
             h, w = int(features["height"][i]), int(features["width"][i])
-            img, lab, pred = images[i, :h, :w], labels.numpy()[i, :h, :w], preds[i, :h, :w]
-            panel = np.concatenate([img, overlay(img, lab, meta.palette),
-                                    overlay(img, pred, meta.palette)], axis=1)
-            save_rgb_png(os.path.join(output_dir, f"overlay_{n:03d}.png"), panel)
-            save_label_png(os.path.join(output_dir, f"labels_{n:03d}.png"), pred, meta.palette)
+            save_overlay(output_dir, n, images[i, :h, :w], labels.numpy()[i, :h, :w],
+                         preds[i, :h, :w], meta.palette)
             n += 1
             if n >= count:
                 return n

@@ -43,3 +43,12 @@ def save_label_png(path, labels, palette):
 def save_rgb_png(path, image):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(np.asarray(image, np.uint8)).save(path)
+
+
+def save_overlay(output_dir, index, image, labels, predictions, palette):
+    """``overlay_<index>.png`` (image | ground truth | prediction overlays) and
+    ``labels_<index>.png`` (the prediction as a palette PNG) in `output_dir`."""
+    panel = np.concatenate([image, overlay(image, labels, palette),
+                            overlay(image, predictions, palette)], axis=1)
+    save_rgb_png(os.path.join(output_dir, f"overlay_{index:03d}.png"), panel)
+    save_label_png(os.path.join(output_dir, f"labels_{index:03d}.png"), predictions, palette)

@@ -24,6 +24,7 @@ from absl import logging
 
 from iseg.datasets.pipeline import input_normalization, normalize
 from iseg.datasets.tfrecord import decode_rgb
+from iseg.export.keras_file import save_keras  # noqa: F401  (re-exported)
 from iseg.evaluation.inference import predict_logits
 
 
@@ -135,10 +136,3 @@ def write_saved_model(module, output_dir, meta):
     return output_dir
 
 
-def save_keras(model, path):
-    """Save the whole model as a `.keras` file (reload with `keras.saving.load_model`)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + f".tmp-{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
-    return path

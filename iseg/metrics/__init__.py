@@ -4,5 +4,6 @@ from iseg.metrics.confusion import (
     ConfusionMatrix,
     batch_confusion_matrix,
     format_results_table,
+    numpy_confusion_matrix,
     scores_from_confusion,
 )

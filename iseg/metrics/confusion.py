@@ -8,7 +8,6 @@ not counted.
 """
 
 import numpy as np
-import tensorflow as tf
 
 
 def batch_confusion_matrix(labels, predictions, num_classes, ignore_label=255):
@@ -16,6 +15,8 @@ def batch_confusion_matrix(labels, predictions, num_classes, ignore_label=255):
 
     `labels` and `predictions` are integer tensors of the same shape (any rank).
     """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     labels = tf.reshape(tf.cast(labels, tf.int64), [-1])
     predictions = tf.reshape(tf.cast(predictions, tf.int64), [-1])
     k = tf.constant(num_classes, tf.int64)
@@ -25,6 +26,17 @@ def batch_confusion_matrix(labels, predictions, num_classes, ignore_label=255):
     counts = tf.math.bincount(index, minlength=num_classes * num_classes,
                               maxlength=num_classes * num_classes, dtype=tf.int64)
     return tf.reshape(counts, [num_classes, num_classes])
+
+
+def numpy_confusion_matrix(labels, predictions, num_classes, ignore_label=255):
+    """`batch_confusion_matrix` in NumPy (no TensorFlow), for NumPy label maps."""
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    predictions = np.asarray(predictions, np.int64).reshape(-1)
+    valid = (labels >= 0) & (labels < num_classes) & (labels != ignore_label)
+    valid &= (predictions >= 0) & (predictions < num_classes)
+    index = labels[valid] * num_classes + predictions[valid]
+    counts = np.bincount(index, minlength=num_classes * num_classes)
+    return counts.astype(np.int64).reshape(num_classes, num_classes)
 
 
 class ConfusionMatrix:

@@ -110,6 +110,11 @@ class TrainConfig:
     strategy: str = option("auto", "Distribution strategy.",
                            ["auto", "mirrored", "multi_worker", "tpu", "one_device"])
     tpu: str = option(None, "TPU name or address (strategy=tpu).")
+    engine: str = option(
+        "auto", "Training engine: 'loop' (the TensorFlow loop: strategies, TPUs, device "
+        "resampling) or 'fit' (Keras model.fit over an input path without TensorFlow, on "
+        "any Keras backend); 'auto' is loop on the TensorFlow backend, fit on JAX and "
+        "PyTorch.", ["auto", "loop", "fit"])
     # bookkeeping
     checkpoint_every: int = option(1000, "Save a checkpoint every N steps.")
     keep_checkpoints: int = option(3, "Keep the last K checkpoints.")
@@ -338,6 +343,29 @@ def build_model_from_config(cfg, meta):
         raise
 
 
+PRECISION_POLICIES = {"none": "float32", "float16": "mixed_float16",
+                      "bfloat16": "mixed_bfloat16"}
+
+
+def optimizer_for(cfg, model, extra_variables=()):
+    """The run's optimizer with its learning-rate schedule, prepared for `model` and
+    `extra_variables` (weight decay exclusions, layer-wise rates, slots built); the same
+    on every backend."""
+    from iseg.training.optimizers import build_optimizer, prepare_optimizer
+    from iseg.training.schedules import WarmupDecay
+
+    accum = max(1, cfg.grad_accum_steps)
+    schedule = WarmupDecay(cfg.lr, cfg.steps, cfg.schedule, end_lr=cfg.end_lr,
+                           power=cfg.poly_power, warmup_steps=cfg.warmup_steps,
+                           warmup_ratio=cfg.warmup_ratio, accum_steps=accum)
+    optimizer = build_optimizer(
+        cfg.optimizer, schedule, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        beta_1=cfg.beta_1, beta_2=cfg.beta_2, weight_decay=cfg.weight_decay,
+        clip_norm=cfg.clip_norm, grad_accum_steps=accum, layer_decay=cfg.layer_decay,
+        loss_scale=cfg.mixed_precision == "float16")
+    return prepare_optimizer(optimizer, model, cfg.layer_decay, extra_variables)
+
+
 def augment_options(cfg):
     """The training views' `AugmentOptions` from the config."""
     from iseg.datasets.np_augment import AugmentOptions
@@ -403,14 +431,18 @@ def _flat(value, prefix=""):
     return {prefix[:-1]: value}
 
 
+FIT_CHECKPOINT_DIR = "fit_checkpoints"  # the fit engine's checkpoints (iseg.training.fit)
+
+
 def check_same_model(model_dir, model):
     """Refuse to resume a model_dir (one with checkpoints) whose run_config.json records a
     model other than `model`; the ConfigError names the settings that differ."""
     import keras
 
     path = os.path.join(model_dir, "run_config.json")
-    if not (os.path.isfile(path) and
-            os.path.isfile(os.path.join(model_dir, "checkpoints", "checkpoint"))):
+    if not (os.path.isfile(path) and (
+            os.path.isfile(os.path.join(model_dir, "checkpoints", "checkpoint")) or
+            os.path.isdir(os.path.join(model_dir, FIT_CHECKPOINT_DIR)))):
         return
     ignored = {"name", "dtype", "trainable"}  # not part of what the model computes
     ours = json.loads(json.dumps(keras.saving.serialize_keras_object(model), default=list))

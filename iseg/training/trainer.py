@@ -27,12 +27,10 @@ from iseg.training import summaries
 from iseg.errors import ConfigError, EmptyDatasetError, TrainingDivergedError
 from iseg.progress import progress_bar
 from iseg.training.lock import ModelDirLock, lock_name
-from iseg.training.optimizers import build_optimizer, current_learning_rate, prepare_optimizer
-from iseg.training.schedules import WarmupDecay
+from iseg.training.optimizers import current_learning_rate
 from iseg.training.strategy import create_strategy, per_replica_batch_size, task_info
 
-PRECISION_POLICIES = {"none": "float32", "float16": "mixed_float16",
-                      "bfloat16": "mixed_bfloat16"}
+PRECISION_POLICIES = config_lib.PRECISION_POLICIES
 
 
 def enable_sync_bn(model):
@@ -172,7 +170,6 @@ def _set_up_model(cfg, model_fn, meta):
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     meta = meta or config_lib.dataset_meta(cfg)
-    accum = max(1, cfg.grad_accum_steps)
     with strategy.scope():
         model = (model_fn or config_lib.build_model_from_config)(cfg, meta)
         if cfg.sync_bn and strategy.num_replicas_in_sync > 1:
@@ -182,16 +179,8 @@ def _set_up_model(cfg, model_fn, meta):
             from iseg.semi.engine import SemiEngine
 
             semi = SemiEngine(cfg, meta, model, input_normalization(model))
-        schedule = WarmupDecay(cfg.lr, cfg.steps, cfg.schedule, end_lr=cfg.end_lr,
-                               power=cfg.poly_power, warmup_steps=cfg.warmup_steps,
-                               warmup_ratio=cfg.warmup_ratio, accum_steps=accum)
-        optimizer = build_optimizer(
-            cfg.optimizer, schedule, momentum=cfg.momentum, nesterov=cfg.nesterov,
-            beta_1=cfg.beta_1, beta_2=cfg.beta_2, weight_decay=cfg.weight_decay,
-            clip_norm=cfg.clip_norm, grad_accum_steps=accum, layer_decay=cfg.layer_decay,
-            loss_scale=cfg.mixed_precision == "float16")
-        prepare_optimizer(optimizer, model, cfg.layer_decay,
-                          semi.extra_trainable_variables() if semi else ())
+        optimizer = config_lib.optimizer_for(
+            cfg, model, semi.extra_trainable_variables() if semi else ())
         loss_tracker = keras.metrics.Mean(name="loss")
     return _Run(cfg, strategy, model, optimizer, loss_tracker, meta, task_id, is_chief, semi)
 
