@@ -99,6 +99,7 @@ def test_engine_loop_needs_the_tensorflow_backend(tmp_path):
     (dict(eval_mode="slide"), "--eval_mode=slide"),
     (dict(eval_scales=(0.5, 1.0)), "--eval_scales=0.5,1"),
     (dict(grad_accum_steps=2), "--grad_accum_steps=2"),
+    (dict(semi="unimatch"), "--semi=unimatch"),
 ])
 def test_unsupported_settings_name_the_flag(change, flag):
     fit.check_fit_config(TrainConfig())

@@ -45,6 +45,8 @@ def unsupported(cfg):
         (cfg.grad_accum_steps > 1, f"--grad_accum_steps={cfg.grad_accum_steps}",
          "one fit step is one batch"),
         (cfg.skip_corrupt, "--skip_corrupt", "a damaged record stops the run"),
+        (cfg.semi != "none", f"--semi={cfg.semi}",
+         "semi-supervised training runs in the TensorFlow loop"),
         (cfg.deterministic, "--deterministic", "it sets TensorFlow's op determinism"),
         (cfg.eval_mode != "whole", f"--eval_mode={cfg.eval_mode}",
          "evaluation is whole-image"),
