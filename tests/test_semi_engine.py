@@ -130,6 +130,12 @@ def test_semi_run_logs_terms_evaluates_the_teacher_and_resumes_bit_exactly(
     np.testing.assert_allclose(ce + unsup, total, rtol=1e-5)
     assert total == pytest.approx(straight["losses"][-1], rel=1e-6)
     assert "miou" in straight["scores"]
+    # evaluate / export load the teacher's weights, as training evaluated it
+    from iseg.cli.evaluate import load_model_for_inference
+
+    loaded, _ = load_model_for_inference(_cfg(shapes, tmp_path / "a"))
+    for x, y in zip(straight["model"].weights, loaded.weights):
+        np.testing.assert_array_equal(np.array(x), np.array(y), err_msg=x.path)
     # killed after step 2 (its checkpoint), then the same flags again
     train(_cfg(shapes, tmp_path / "b", steps=2))
     resumed = train(_cfg(shapes, tmp_path / "b"))

@@ -270,13 +270,17 @@ def resolve_checkpoint(path_or_dir):
     return checked(path_or_dir)
 
 
-def restore_model(model, path_or_dir):
-    """Load the model weights of a training checkpoint into `model` (already built).
+def restore_model(model, path_or_dir, source="model"):
+    """Load the model weights of a training checkpoint into `model` (already built); with
+    ``source="teacher"`` those of a semi-supervised run's EMA teacher (same architecture).
 
     Raises CheckpointMismatchError naming the variables that do not match."""
     path = resolve_checkpoint(path_or_dir)
     check_compatible(path, model)
-    status = model_checkpoint(model).read(path)
+    if source == "model":
+        status = model_checkpoint(model).read(path)
+    else:
+        status = tf.train.Checkpoint(**{source: _var_container(list(model.weights))}).read(path)
     status.expect_partial()  # optimizer / iterator entries are not wanted here
     status.assert_existing_objects_matched()
     logging.info("Restored %d model variables from %s", len(model.weights), path)
