@@ -1,7 +1,8 @@
 """The CamVid protocol: every row of the CamVid table, trained one after another.
 
     python benchmarks/camvid_protocol.py [--data_root=DIR] [--rows=fcn_r18_d8,...] \
-        [--source=../shared/datasets/camvid] [--runs_dir=runs/camvid] [--report_only]
+        [--source=../shared/datasets/camvid] [--runs_dir=runs/camvid] [--report_only] \
+        [--table=supervised|semi]
 
 1. Data (once): the 480x360 CamVid images (train 367, val 101) are downscaled by 2 to
    240x180 (images: area average; labels: the nearest pixel, every second one) and
@@ -16,6 +17,11 @@
 3. Report (after every row): `benchmarks/results/camvid_<row>_s<S>.json`,
    `docs/images/camvid_curves.png` (val mIoU vs step) and the tables in
    `docs/benchmarks.md` (between the `camvid-table` markers).
+
+`--table=semi` runs the semi-supervised rows instead (`configs/camvid/semi/<method>.cfg`,
+results `benchmarks/results/camvid_semi_<method>_s<S>.json`, curves
+`docs/images/camvid_semi_curves.png`, the table in `docs/semi_supervised.md` between the
+`camvid-semi-table` markers).
 """
 
 import argparse
@@ -56,6 +62,29 @@ ROWS = (
 COMPARISONS = (("self-attention + CAR", "self-attention"), ("CAA + CAR", "CAA"),
                ("FCN + SAR", "FCN"))
 
+# The semi-supervised table (`--table=semi`, docs/semi_supervised.md): 46 labeled images
+# (configs/camvid/semi/labeled_1_8_seed0.txt), the other 321 unlabeled; flag files in
+# configs/camvid/semi, results in benchmarks/results/camvid_semi_<method>_s<seed>.json.
+SEMI_ROWS = (
+    ("supervised only (46 labeled)", "semi/supervised", (0, 1)),
+    ("UniMatch", "semi/unimatch", (0, 1)),
+    ("CPS", "semi/cps", (0, 1)),
+    ("AugSeg", "semi/augseg", (0, 1)),
+    ("iMAS", "semi/imas", (0, 1)),
+    ("CorrMatch", "semi/corrmatch", (0, 1)),
+    ("CW-BASS", "semi/cwbass", (0, 1)),
+)
+SEMI_COMPARISONS = tuple((label, SEMI_ROWS[0][0]) for label, _, _ in SEMI_ROWS[1:])
+SEMI_DOC = os.path.join(REPO, "docs", "semi_supervised.md")
+SEMI_CURVES = os.path.join(REPO, "docs", "images", "camvid_semi_curves.png")
+SEMI_LABELED = os.path.join("configs", "camvid", "semi", "labeled_1_8_seed0.txt")
+SEMI_DATA_FOLDER = "camvid_240x180_labeled_1_8"  # the supervised-only row's data
+SEMI_MARKERS = ("<!-- camvid-semi-table start -->", "<!-- camvid-semi-table end -->")
+TABLES = {  # --table: rows, comparisons, doc, curves, markers
+    "supervised": (ROWS, COMPARISONS, DOC, CURVES, MARKERS),
+    "semi": (SEMI_ROWS, SEMI_COMPARISONS, SEMI_DOC, SEMI_CURVES, SEMI_MARKERS),
+}
+
 
 def run_order(rows=ROWS):
     """[(label, stem, seed)]: the first seed of every row, then the second seeds."""
@@ -65,7 +94,8 @@ def run_order(rows=ROWS):
 
 
 def run_name(stem, seed):
-    return f"{stem}_s{seed}"
+    """`semi/unimatch`, 1 -> `semi_unimatch_s1` (run folder, log and results names)."""
+    return f"{stem.replace('/', '_')}_s{seed}"
 
 
 # ------------------------------------------------------------------------------- data
@@ -82,9 +112,10 @@ def downscale_pair(image, label, factor):
     return small, label[factor // 2:h:factor, factor // 2:w:factor]
 
 
-def prepare_data(source, output_dir, factor=FACTOR):
+def prepare_data(source, output_dir, factor=FACTOR, train_keep=None):
     """Downscale the CamVid folder `source` (SegNet layout) by `factor` and convert it into
-    `output_dir` (TFRecords + dataset_info.json)."""
+    `output_dir` (TFRecords + dataset_info.json); `train_keep`: only these training image
+    stems (the labeled part of a partition)."""
     import numpy as np
     import tensorflow as tf
 
@@ -96,6 +127,8 @@ def prepare_data(source, output_dir, factor=FACTOR):
             os.makedirs(os.path.join(tmp, split + "annot"))
             for path in sorted(glob.glob(os.path.join(source, split, "*"))):
                 stem = os.path.splitext(os.path.basename(path))[0]
+                if split == "train" and train_keep is not None and stem not in train_keep:
+                    continue
                 label_path = os.path.join(source, split + "annot", stem + ".png")
                 image = tf.io.decode_image(tf.io.read_file(path), 3).numpy()
                 label = tf.io.decode_png(tf.io.read_file(label_path), 1).numpy()
@@ -108,6 +141,12 @@ def prepare_data(source, output_dir, factor=FACTOR):
 
 
 # ------------------------------------------------------------------------------- rows
+
+
+def semi_labeled_stems(path=os.path.join(REPO, SEMI_LABELED)):
+    """The stems of the labeled training images of the semi-supervised table."""
+    with open(path, encoding="utf-8") as f:
+        return {line.strip() for line in f if line.strip()}
 
 
 def read_evaluations(model_dir):
@@ -245,7 +284,7 @@ def unfinished_curves(runs_dir, records, rows=ROWS):
     return curves
 
 
-def report_tables(records, unfinished=None, rows=ROWS):
+def report_tables(records, unfinished=None, rows=ROWS, comparisons=COMPARISONS):
     """The markdown of the CamVid tables for `records` (see `load_records`); rows without
     a record are "not yet run", with the last evaluation of an `unfinished` run."""
     unfinished = unfinished or {}
@@ -282,7 +321,7 @@ def report_tables(records, unfinished=None, rows=ROWS):
     lines += ["", "| comparison | mean difference | seed spread | beats the baseline by more "
               "than the seed spread? |", "|---|---|---|---|"]
     stems = {label: (stem, seeds) for label, stem, seeds in rows}
-    for method, baseline in COMPARISONS:
+    for method, baseline in comparisons:
         scores = [[records[(stem, s)]["miou"] for s in seeds if (stem, s) in records]
                   for stem, seeds in (stems[method], stems[baseline])]
         c = compare(*scores)
@@ -293,14 +332,14 @@ def report_tables(records, unfinished=None, rows=ROWS):
     return "\n".join(lines)
 
 
-def write_doc_tables(markdown, doc):
-    """Replace the text between the camvid-table markers of `doc` with `markdown`."""
+def write_doc_tables(markdown, doc, markers=MARKERS):
+    """Replace the text between the `markers` of `doc` with `markdown`."""
     with open(doc, encoding="utf-8") as f:
         text = f.read()
-    start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
+    start, end = text.find(markers[0]), text.find(markers[1])
     if start < 0 or end < start:
-        raise ValueError(f"{doc}: markers {MARKERS[0]} ... {MARKERS[1]} not found")
-    text = text[:start + len(MARKERS[0])] + "\n" + markdown + "\n" + text[end:]
+        raise ValueError(f"{doc}: markers {markers[0]} ... {markers[1]} not found")
+    text = text[:start + len(markers[0])] + "\n" + markdown + "\n" + text[end:]
     with open(doc, "w", encoding="utf-8") as f:
         f.write(text)
 
@@ -334,22 +373,24 @@ def plot_curves(records, path, unfinished=None, rows=ROWS):
     plt.close(fig)
 
 
-def report(results_dir=RESULTS, doc=DOC, curves=CURVES, runs_dir=RUNS):
-    """Tables into `doc` and the curves PNG from the records in `results_dir` (and the
-    evaluations of unfinished runs under `runs_dir`)."""
+def report(results_dir=RESULTS, runs_dir=RUNS, table="supervised"):
+    """The tables of `table` (see TABLES) into its doc and its curves PNG from the records
+    in `results_dir` (and the evaluations of unfinished runs under `runs_dir`)."""
+    rows, comparisons, doc, curves, markers = TABLES[table]
     records = load_records(results_dir)
-    unfinished = unfinished_curves(runs_dir, records)
-    write_doc_tables(report_tables(records, unfinished), doc)
+    records = {key: r for key, r in records.items() if key[0] in {s for _, s, _ in rows}}
+    unfinished = unfinished_curves(runs_dir, records, rows)
+    write_doc_tables(report_tables(records, unfinished, rows, comparisons), doc, markers)
     if records or unfinished:
-        plot_curves(records, curves, unfinished)
+        plot_curves(records, curves, unfinished, rows)
 
 
 # ------------------------------------------------------------------------------- main
 
 
-def pending_runs(results_dir, wanted=()):
+def pending_runs(results_dir, wanted=(), rows=ROWS):
     """[(stem, seed)] in run order that have no results file yet (of `wanted` stems)."""
-    return [(stem, seed) for _, stem, seed in run_order()
+    return [(stem, seed) for _, stem, seed in run_order(rows)
             if (not wanted or stem in wanted) and not os.path.exists(
                 os.path.join(results_dir, f"camvid_{run_name(stem, seed)}.json"))]
 
@@ -372,21 +413,25 @@ def measure_step(stem, steps, data_root, extra_flags=()):
     flags_lib.parse_flags(argv, "camvid_protocol")
     cfg = flags_lib.config_from_flags(argv)
     keras.utils.set_random_seed(0)
-    model = config_lib.build_model_from_config(cfg, config_lib.dataset_meta(cfg))
-    optimizer = build_optimizer(cfg.optimizer, cfg.lr)
-    prepare_optimizer(optimizer, model)
-    (h, w), n = cfg.crop_size, cfg.batch_size
-    x = tf.random.uniform((n, h, w, 3), -1.0, 1.0, seed=0)
-    y = tf.random.uniform((n, h, w), 0, 11, tf.int32, seed=0)
+    meta = config_lib.dataset_meta(cfg)
+    model = config_lib.build_model_from_config(cfg, meta)
+    if cfg.semi != "none":
+        step = _semi_step(cfg, meta, model)
+    else:
+        optimizer = build_optimizer(cfg.optimizer, cfg.lr)
+        prepare_optimizer(optimizer, model)
+        (h, w), n = cfg.crop_size, cfg.batch_size
+        x = tf.random.uniform((n, h, w, 3), -1.0, 1.0, seed=0)
+        y = tf.random.uniform((n, h, w), 0, 11, tf.int32, seed=0)
 
-    @tf.function(autograph=False)  # no Python control flow to convert
-    def step():
-        with tf.GradientTape() as tape:
-            loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=True),
-                                      training=True)
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+        @tf.function(autograph=False)  # no Python control flow to convert
+        def step():
+            with tf.GradientTape() as tape:
+                loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=True),
+                                          training=True)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
 
     float(step())
     times = []
@@ -395,6 +440,32 @@ def measure_step(stem, steps, data_root, extra_flags=()):
         float(step())
         times.append((time.process_time() - cpu, time.perf_counter() - wall))
     return tuple(float(np.median(t)) for t in zip(*times))
+
+
+def _semi_step(cfg, meta, model):
+    """`step()` -> loss: one `--semi` training step (the engine's, as train.py runs it) on
+    random 0..255 images and labels of the row's crop and labeled / unlabeled batch sizes."""
+    import tensorflow as tf
+
+    from iseg.datasets.np_augment import input_normalization
+    from iseg.semi.data import unlabeled_batch_size
+    from iseg.semi.engine import SemiEngine
+    from iseg.training.optimizers import build_optimizer, prepare_optimizer
+
+    engine = SemiEngine(cfg, meta, model, input_normalization(model))
+    optimizer = build_optimizer(cfg.optimizer, cfg.lr)
+    prepare_optimizer(optimizer, model, extra_variables=engine.extra_trainable_variables())
+    (h, w), n, nu = cfg.crop_size, cfg.batch_size, unlabeled_batch_size(cfg)
+    batch = {"image": tf.random.uniform((n, h, w, 3), 0.0, 255.0, seed=0),
+             "label": tf.random.uniform((n, h, w), 0, meta.num_classes, tf.int32, seed=0)}
+    for i in range(1, engine.method.unlabeled_streams + 1):
+        tag = "" if i == 1 else str(i)
+        batch[f"u_image{tag}"] = tf.random.uniform((nu, h, w, 3), 0.0, 255.0, seed=i)
+        batch[f"u_ignore{tag}"] = tf.zeros((nu, h, w), tf.bool)
+    iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    train_step = engine.build_train_step(tf.distribute.get_strategy(), optimizer,
+                                         lambda b: b)
+    return lambda: train_step(iterator)["loss"]
 
 
 def measure(rows, steps, data_root, extra_flags=()):
@@ -412,6 +483,9 @@ def main(argv=None):
                                                     "camvid"))
     p.add_argument("--runs_dir", default=os.path.relpath(RUNS, REPO))
     p.add_argument("--log_dir", default=os.path.join(REPO, "runs", "camvid", "logs"))
+    p.add_argument("--table", default="supervised", choices=sorted(TABLES),
+                   help="The rows: the supervised table (docs/benchmarks.md) or the "
+                   "semi-supervised one (docs/semi_supervised.md).")
     p.add_argument("--rows", default="", help="Comma-separated flag file stems (default: all).")
     p.add_argument("--report_only", action="store_true")
     p.add_argument("--measure_steps", type=int, default=0,
@@ -420,9 +494,10 @@ def main(argv=None):
                    help="Space-separated flags added to the rows' flags when timing.")
     args = p.parse_args(argv)
     args.data_root = os.path.abspath(args.data_root)
+    runs_dir, rows = os.path.join(REPO, args.runs_dir), TABLES[args.table][0]
     if args.report_only:
-        return report(runs_dir=os.path.join(REPO, args.runs_dir))
-    stems = [stem for _, stem, _ in ROWS]
+        return report(runs_dir=runs_dir, table=args.table)
+    stems = [stem for _, stem, _ in rows]
     wanted = [r for r in args.rows.split(",") if r]
     unknown = sorted(set(wanted) - set(stems))
     if unknown:
@@ -430,13 +505,18 @@ def main(argv=None):
     if args.measure_steps:
         return measure(wanted or stems, args.measure_steps, args.data_root,
                        args.measure_flags.split())
-    data_dir = os.path.join(args.data_root, DATA_FOLDER)
-    if not os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
-        print(f"converting {args.source} (downscaled by {FACTOR}) into {data_dir}", flush=True)
-        prepare_data(args.source, data_dir)
+    folders = [(DATA_FOLDER, None)]
+    if args.table == "semi":
+        folders.append((SEMI_DATA_FOLDER, semi_labeled_stems()))
+    for folder, keep in folders:
+        data_dir = os.path.join(args.data_root, folder)
+        if not os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
+            print(f"converting {args.source} (downscaled by {FACTOR}) into {data_dir}",
+                  flush=True)
+            prepare_data(args.source, data_dir, train_keep=keep)
     os.makedirs(args.log_dir, exist_ok=True)
     os.makedirs(RESULTS, exist_ok=True)
-    for stem, seed in pending_runs(RESULTS, wanted):
+    for stem, seed in pending_runs(RESULTS, wanted, rows):
         name = run_name(stem, seed)
         print(f"{time.strftime('%H:%M:%S')} training {name}", flush=True)
         record = run_row(stem, seed, args)
@@ -447,8 +527,8 @@ def main(argv=None):
         print(f"{time.strftime('%H:%M:%S')} {name}: val mIoU {_pct(record['miou'])} (best "
               f"{_pct(record['best_miou'])}), {record['wall_s'] / 60:.1f} min wall, "
               f"{record['cpu_s'] / 60:.1f} CPU min", flush=True)
-        report(runs_dir=os.path.join(REPO, args.runs_dir))
-    return report(runs_dir=os.path.join(REPO, args.runs_dir))
+        report(runs_dir=runs_dir, table=args.table)
+    return report(runs_dir=runs_dir, table=args.table)
 
 
 if __name__ == "__main__":
