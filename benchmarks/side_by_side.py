@@ -14,15 +14,16 @@ the per-round ratios (ours / theirs: below 1 is faster). Sections:
    on the mean square of the last feature map), at `--size` and at each of `--plot_sizes`;
 2. car: the self-attention (`nl`) R50-D8 model with vs without CAR, training step;
 3. caa: ChannelizedAxialAttention closed form vs grouped form (`--caa_group`), forward,
-   time and peak memory (increase of the process's RSS high-water mark over the RSS before
-   the call) at each of `--caa_sizes`;
+   time and peak memory (in a fresh process per form and size: increase of the RSS
+   high-water mark during one eager forward pass) at each of `--caa_sizes`;
 4. ksac: KernelSharingASPP vs ASPP (same filters and rates) on a 2048-channel OS8 feature
    map: parameters, MACs, training-step time;
 5. mfu: the whole training step of the self-attention R50-D8 + CAR model, FLOPs per step
    (3 x the training-mode forward, `iseg.benchmark`'s count) / time, against the machine's
-   3x3-convolution forward + backward rate timed in the same run; "after" computes the
-   dilated convolutions with `iseg.ops.atrous_conv` (the library default), "before" with
-   Keras's dilated convolution (the same model and weights, traced separately);
+   3x3-convolution forward + backward rate, timed interleaved with the steps (MFU per
+   round); "after" computes the dilated convolutions with `iseg.ops.atrous_conv` (the
+   library default), "before" with Keras's dilated convolution (the same model and
+   weights, traced separately);
 6. dilated (only when named in `--sections`): one dilated 3x3 conv forward + backward,
    Keras's conv vs `iseg.ops.atrous_conv`'s matmul per tap, at the shapes of R50-D8's last
    two stages (`DILATED_SHAPES`).
@@ -162,14 +163,32 @@ def section_car(quick, size, batch, repeats):
             "ratio_train": ratio(times, "with_car", "without_car")}
 
 
-def _peak_increase(fn):
-    import gc
+CAA_MEMORY = """
+import sys, numpy as np
+from iseg import benchmark
+from iseg.layers import ChannelizedAxialAttention
+size, filters, group = (int(a) for a in sys.argv[1:4])
+layer = ChannelizedAxialAttention(filters, group_size=group or None)
+x = np.random.default_rng(0).normal(size=(1, size, size, filters)).astype("float32")
+layer.build(x.shape)
+layer(x[:, :9, :9])  # kernels and thread pools set up
+before = benchmark.peak_rss_bytes()
+layer(x, training=False)
+print(benchmark.peak_rss_bytes() - before)
+"""
 
-    gc.collect()
-    benchmark.reset_peak_rss()
-    before = benchmark.peak_rss_bytes()
-    fn()
-    return benchmark.peak_rss_bytes() - before
+
+def caa_peak_memory(size, filters, group):
+    """Increase of the RSS high-water mark over the process's earlier peak (imports, weights,
+    input, a small warm-up call) during one forward pass of a fresh process (eager)."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+         os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", CAA_MEMORY, str(size), str(filters),
+                          str(group or 0)], env=env, check=True, capture_output=True, text=True)
+    return int(out.stdout.split()[-1])
 
 
 def section_caa(quick, sizes, group, repeats):
@@ -184,7 +203,8 @@ def section_caa(quick, sizes, group, repeats):
             layer.build(x.shape)
             fns[name] = _timed(tf.function(lambda t, layer=layer: layer(t, training=False)), x)
         times = interleaved(fns, repeats)
-        memory = {name: _peak_increase(fn) for name, fn in fns.items()}
+        memory = {name: caa_peak_memory(size, filters, g)
+                  for name, g in (("closed", None), ("grouped", group))}
         out[str(size)] = {"filters": filters, "group_size": group, "times": times,
                           "peak_rss_increase_bytes": memory,
                           "ratio_time": ratio(times, "closed", "grouped"),
@@ -235,13 +255,16 @@ def section_mfu(quick, size, batch, repeats, conv_shape):
         concrete = _traced(benchmark.make_train_step(model, _sgd(), benchmark.segmentation_loss),
                            x, y, keras_dilated)
         fns[name] = _timed(concrete, x, y)
+    conv_size, channels = conv_shape
+    conv_flops = 3 * 2 * conv_size * conv_size * channels * channels * 9
+    fns["conv3x3_fwd_bwd"] = benchmark.conv_step(conv_size, channels)
     times = interleaved(fns, repeats)
-    conv = benchmark.conv_rate(*conv_shape, repeats=repeats)
     out = {"model": "nl_resnet50_d8 + CAR", "size": size, "batch": batch,
-           "flops_per_step": step_flops, "conv3x3_fwd_bwd": conv, "times": times}
-    for name in fns:
-        achieved = step_flops / times[name]["median_s"]
-        out[f"mfu_{name}"] = achieved / conv["flop_per_s"]
+           "flops_per_step": step_flops, "conv3x3_fwd_bwd_flops": conv_flops, "times": times}
+    for name in ("after", "before"):  # per round: (FLOPs / step time) / (conv FLOPs / conv time)
+        out[f"mfu_{name}"] = statistics.median(
+            step_flops * c / (conv_flops * t) for t, c in
+            zip(times[name]["runs_s"], times["conv3x3_fwd_bwd"]["runs_s"]))
     out["speedup"] = 1 / ratio(times, "after", "before")
     return out
 

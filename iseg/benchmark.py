@@ -228,9 +228,10 @@ def matmul_rate(n, repeats, warmup=1):
     return {"flops": flops, "flop_per_s": flops / timing["median_s"], **timing}
 
 
-def conv_rate(size, channels, repeats, warmup=1):
-    """FLOP/s of a float32 3x3 convolution (`channels` -> `channels`, stride 1, `size` x
-    `size`, batch 1) forward and backward (input and kernel gradients): 3 x 2 x MACs."""
+def conv_step(size, channels):
+    """A no-argument callable running a float32 3x3 convolution (`channels` -> `channels`,
+    stride 1, `size` x `size`, batch 1) forward and backward (input and kernel gradients):
+    3 x 2 x size^2 x channels^2 x 9 FLOPs."""
     import tensorflow as tf
 
     x = tf.random.normal((1, size, size, channels), seed=0)
@@ -244,7 +245,12 @@ def conv_rate(size, channels, repeats, warmup=1):
         dx, dk = tape.gradient(y, [x, kernel])
         return tf.reduce_sum(y) + tf.reduce_sum(dx) + tf.reduce_sum(dk)
 
-    timing = time_runs(lambda: float(step(x, kernel)), repeats, warmup)
+    return lambda: float(step(x, kernel))
+
+
+def conv_rate(size, channels, repeats, warmup=1):
+    """FLOP/s of `conv_step(size, channels)`."""
+    timing = time_runs(conv_step(size, channels), repeats, warmup)
     flops = 3 * 2 * size * size * channels * channels * 9
     return {"flops": flops, "flop_per_s": flops / timing["median_s"], **timing}
 

@@ -31,6 +31,7 @@ def test_quick_layer_sections_write_timings_ratios_and_the_machine(tmp_path):
     caa = result["caa"]["9"]
     assert set(caa["times"]) == {"closed", "grouped"}
     assert len(caa["times"]["closed"]["runs_s"]) == result["settings"]["repeats"] == 1
+    assert all(m > 0 for m in caa["peak_rss_increase_bytes"].values())
     assert caa["ratio_time"] == pytest.approx(
         caa["times"]["closed"]["runs_s"][0] / caa["times"]["grouped"]["runs_s"][0])
     ksac = result["ksac"]
@@ -48,5 +49,9 @@ def test_quick_run_of_every_section_and_the_plot(tmp_path):
     result = _run(tmp_path, f"--plot={png}")
     assert set(result["backbones"]) == {"resnet50", "convnext_tiny"}
     assert [s["size"] for s in result["sizes"]] == [32, 40]
-    assert result["mfu"]["mfu_after"] > 0 and result["mfu"]["flops_per_step"] > 0
+    mfu = result["mfu"]
+    assert set(mfu["times"]) == {"after", "before", "conv3x3_fwd_bwd"}
+    assert mfu["mfu_after"] == pytest.approx(
+        mfu["flops_per_step"] / mfu["times"]["after"]["runs_s"][0]
+        / (mfu["conv3x3_fwd_bwd_flops"] / mfu["times"]["conv3x3_fwd_bwd"]["runs_s"][0]))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
