@@ -40,9 +40,9 @@ def test_experiment_resolves(path):
     get_dataset_spec(cfg.dataset)
     assert cfg.model_dir == f"runs/{path.stem}"
     assert cfg.car == (path.stem.endswith("_car") or "_car_" in path.stem), path
-    # each experiment folder is one dataset (demo: the synthetic shapes)
-    folder = {"demo": "shapes", "voc": "voc2012"}.get(path.parent.name, path.parent.name)
-    assert cfg.dataset == folder, path
+    # each experiment folder is one dataset (demo: the synthetic shapes), also under semi/
+    folder = next(p for p in path.relative_to(CONFIGS).parts[:-1] if p != "semi")
+    assert cfg.dataset == {"demo": "shapes", "voc": "voc2012"}.get(folder, folder), path
     assert kwargs["head"] in HEADS and kwargs["backbone"] in BACKBONES, path
 
 
