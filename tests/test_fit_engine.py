@@ -16,15 +16,21 @@ from iseg.training.config import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Raises on any `import tensorflow` (as if it were not installed) and records the stack.
+# As if TensorFlow were not installed: `import tensorflow` fails (each attempt's stack is
+# recorded); `importlib.util.find_spec("tensorflow")` gives a spec without a file.
 BLOCK_TF = textwrap.dedent('''
-    import json, os, sys, traceback
+    import importlib.machinery, json, os, sys, traceback
+    class _NoTF:
+        def create_module(self, spec):
+            with open(os.environ["TF_ATTEMPTS"], "a") as f:
+                f.write(json.dumps("".join(traceback.format_stack())) + "\\n")
+            raise ModuleNotFoundError(f"No module named {spec.name!r}", name=spec.name)
+        def exec_module(self, module):
+            pass
     class _BlockTF:
         def find_spec(self, name, path=None, target=None):
             if name == "tensorflow" or name.startswith("tensorflow."):
-                with open(os.environ["TF_ATTEMPTS"], "a") as f:
-                    f.write(json.dumps("".join(traceback.format_stack())) + "\\n")
-                raise ImportError(f"import of {name} blocked")
+                return importlib.machinery.ModuleSpec(name, _NoTF())
             return None
     sys.meta_path.insert(0, _BlockTF())
 ''')
