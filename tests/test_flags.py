@@ -90,7 +90,8 @@ def test_config_from_flags_and_defaults(tmp_path):
     flags_lib.define_train_flags()
     cfg_file = _write(tmp_path / "exp1.cfg", "--crop_size=65\n--eval_scales=0.5,1.0\n"
                       "--backbone_options=depths=(1,1,1,1)\n--batch_size=4\n"
-                      "--neck=sdn\n--neck_options=guidance=self,guidance_power=1\n")
+                      "--neck=sdn\n--neck_options=guidance=self,guidance_power=1\n"
+                      "--head_lr_multiplier=10\n")
     argv = ["prog", f"--flagfile={cfg_file}"]
     flags_lib.FLAGS(expand_flagfiles(argv))
     try:
@@ -102,6 +103,7 @@ def test_config_from_flags_and_defaults(tmp_path):
         # every dict option parses key=value,... (the SDN neck's too)
         assert cfg.neck_options == {"guidance": "self", "guidance_power": 1}
         assert cfg.head_options == {}
+        assert cfg.head_lr_multiplier == 10.0
         assert cfg.model_dir == os.path.join("runs", "exp1")
     finally:
         flags_lib.FLAGS.unparse_flags()

@@ -57,6 +57,8 @@ def test_semi_flags_are_checked(toy_registered):
     with pytest.raises(ConfigError, match="^--unlabeled_list needs --labeled_list$"):
         check_config(TrainConfig(semi="toy", labeled_fraction=0.5, unlabeled_list="u",
                                  **base))
+    with pytest.raises(ConfigError, match=r"^--head_lr_multiplier=0.0: must be positive$"):
+        check_config(TrainConfig(head_lr_multiplier=0.0, **base))
     check_config(TrainConfig(semi="toy", labeled_fraction=0.25, **base))  # fine
 
 

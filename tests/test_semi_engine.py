@@ -178,3 +178,25 @@ def test_checkpoints_hold_the_peer_the_method_layers_and_state(monkeypatch):
     assert extra == {id(v) for v in engine.peer.trainable_variables + engine.method.head.
                      trainable_variables}
     assert engine.eval_model is student and engine.teacher is None
+
+
+def test_head_lr_multiplier_covers_the_peer_head_and_method_layers(monkeypatch):
+    from iseg.semi.engine import SemiEngine
+    from iseg.training.config import optimizer_for
+
+    monkeypatch.setitem(semi_methods._METHODS, "toy_state", f"{__name__}:_ToyState")
+    cfg = TrainConfig(model="demo_tiny", semi="toy_state", labeled_fraction=0.5, lr=0.1,
+                      momentum=0.0, head_lr_multiplier=10.0)
+    student = _model()
+    engine = SemiEngine(cfg, META, student, "minus_one_to_one")
+    extra = engine.extra_trainable_variables()
+    optimizer = optimizer_for(cfg, student, extra, engine.extra_backbone_variables())
+    variables = student.trainable_variables + extra
+    before = [np.array(v) for v in variables]
+    optimizer.apply([tf.ones_like(v) for v in variables], variables)
+    backbone = {id(v) for v in student.backbone.trainable_variables +
+                engine.peer.backbone.trainable_variables}
+    assert len(backbone) < len(variables)
+    for v, b in zip(variables, before):
+        rate = 0.1 if id(v) in backbone else 1.0  # the poly schedule's lr at step 0
+        np.testing.assert_allclose(b - np.array(v), rate, rtol=1e-5, err_msg=v.path)

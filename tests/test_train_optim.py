@@ -10,6 +10,7 @@ from iseg.training.optimizers import (
     build_optimizer,
     layer_ids,
     no_decay_variables,
+    lr_scales,
     prepare_optimizer,
 )
 from iseg.training.schedules import WarmupDecay
@@ -105,6 +106,41 @@ def test_layer_wise_lr_decay_scales_sgd_updates():
         step = before[v.path] - np.array(v)
         np.testing.assert_allclose(step, 0.5 ** (n + 1 - ids[id(v)]), rtol=1e-6,
                                    err_msg=v.path)
+
+
+def _sgd_step(opt, variables, seed=0):
+    """Apply one random gradient; return the gradients and the variables' moves."""
+    rng = np.random.default_rng(seed)
+    grads = [rng.normal(size=v.shape).astype(np.float32) for v in variables]
+    before = [np.array(v) for v in variables]
+    opt.apply([keras.ops.convert_to_tensor(g) for g in grads], variables)
+    return grads, [b - np.array(v) for b, v in zip(before, variables)]
+
+
+@pytest.mark.parametrize("layer_decay", [None, 0.5])
+def test_head_lr_multiplier_trains_everything_outside_the_backbone_faster(layer_decay):
+    m, lr = _toy(), 0.1
+    extra_head = keras.layers.Dense(2, name="method_head")
+    extra_head.build((None, 3))
+    extra_backbone = keras.Variable(np.ones((3,), np.float32), name="peer_backbone_w")
+    extra = extra_head.trainable_variables + [extra_backbone]
+    opt = build_optimizer("sgd", lr, momentum=0.0, layer_decay=layer_decay,
+                          head_lr_multiplier=10.0)
+    prepare_optimizer(opt, m, layer_decay, extra, head_lr_multiplier=10.0,
+                      extra_backbone_variables=[extra_backbone])
+    variables = m.trainable_variables + extra
+    grads, moves = _sgd_step(opt, variables)
+    ids, n = layer_ids(m)
+    backbone = {id(v) for v in m.backbone.trainable_variables} | {id(extra_backbone)}
+    for v, g, move in zip(variables, grads, moves):
+        decay = (layer_decay ** (n + 1 - ids[id(v)]) if layer_decay and id(v) in ids
+                 else 1.0)
+        expected = lr * decay * (1.0 if id(v) in backbone else 10.0) * g
+        np.testing.assert_allclose(move, expected, rtol=1e-5, atol=1e-7, err_msg=v.path)
+    # the model's head kernel, bias and position table, the method layer's kernel and bias
+    assert sum(id(v) not in backbone for v in variables) == 5
+    # multiplier 1 leaves every rate at the base rate (no scales at all)
+    assert lr_scales(m, None, 1.0, extra) == {}
 
 
 def test_optimizer_options():

@@ -72,6 +72,11 @@ class SemiEngine:
             out += list(layer.trainable_variables)
         return out
 
+    def extra_backbone_variables(self):
+        """The backbone variables among `extra_trainable_variables` (the peer's backbone):
+        trained at the backbone's learning rate."""
+        return list(self.peer.backbone.trainable_variables) if self.peer is not None else []
+
     @property
     def eval_model(self):
         """The network evaluated and exported: the EMA teacher when there is one."""

@@ -103,6 +103,10 @@ class TrainConfig:
                        "original recipe, e.g. 1e-4).")
     layer_decay: float = option(None, "Layer-wise learning-rate decay (ConvNeXt/Swin), "
                                 "e.g. 0.9.")
+    head_lr_multiplier: float = option(
+        1.0, "Every trainable variable outside the backbone (head, aux head, CAR, the peer's "
+        "head, semi-supervised method layers) trains at lr x this, e.g. 10 (times "
+        "--layer_decay's scale when both are set).")
     clip_norm: float = option(None, "Clip gradients to this global norm.")
     grad_accum_steps: int = option(1, "Accumulate gradients over this many batches.")
     mixed_precision: str = option("none", "Mixed precision.", ["none", "float16", "bfloat16"])
@@ -207,6 +211,8 @@ def check_config(cfg):
     for name in ("steps", "batch_size"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name}={getattr(cfg, name)}: must be positive")
+    if cfg.head_lr_multiplier <= 0:
+        raise ConfigError(f"--head_lr_multiplier={cfg.head_lr_multiplier}: must be positive")
     check_semi(cfg)
 
 
@@ -347,10 +353,11 @@ PRECISION_POLICIES = {"none": "float32", "float16": "mixed_float16",
                       "bfloat16": "mixed_bfloat16"}
 
 
-def optimizer_for(cfg, model, extra_variables=()):
+def optimizer_for(cfg, model, extra_variables=(), extra_backbone_variables=()):
     """The run's optimizer with its learning-rate schedule, prepared for `model` and
-    `extra_variables` (weight decay exclusions, layer-wise rates, slots built); the same
-    on every backend."""
+    `extra_variables` (weight decay exclusions, layer-wise and head rates -- the
+    `extra_backbone_variables` among `extra_variables` at the backbone rate --, slots
+    built); the same on every backend."""
     from iseg.training.optimizers import build_optimizer, prepare_optimizer
     from iseg.training.schedules import WarmupDecay
 
@@ -362,8 +369,9 @@ def optimizer_for(cfg, model, extra_variables=()):
         cfg.optimizer, schedule, momentum=cfg.momentum, nesterov=cfg.nesterov,
         beta_1=cfg.beta_1, beta_2=cfg.beta_2, weight_decay=cfg.weight_decay,
         clip_norm=cfg.clip_norm, grad_accum_steps=accum, layer_decay=cfg.layer_decay,
-        loss_scale=cfg.mixed_precision == "float16")
-    return prepare_optimizer(optimizer, model, cfg.layer_decay, extra_variables)
+        head_lr_multiplier=cfg.head_lr_multiplier, loss_scale=cfg.mixed_precision == "float16")
+    return prepare_optimizer(optimizer, model, cfg.layer_decay, extra_variables,
+                             cfg.head_lr_multiplier, extra_backbone_variables)
 
 
 def augment_options(cfg):

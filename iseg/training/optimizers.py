@@ -1,6 +1,6 @@
 """Optimizers: SGD (momentum, Nesterov), Adam, AdamW; decoupled weight decay with norm /
-bias / position-bias exclusions; layer-wise learning-rate decay; clipping; accumulation;
-float16 loss scaling."""
+bias / position-bias exclusions; layer-wise learning-rate decay; a head learning-rate
+multiplier; clipping; accumulation; float16 loss scaling."""
 
 import re
 
@@ -82,8 +82,9 @@ def _with_lr_scales(base_cls):
 
 def build_optimizer(name, learning_rate, *, momentum=0.9, nesterov=False, beta_1=0.9,
                     beta_2=0.999, weight_decay=0.0, clip_norm=None, grad_accum_steps=1,
-                    layer_decay=None, loss_scale=False):
-    """A Keras optimizer. `learning_rate` is a float or a schedule."""
+                    layer_decay=None, head_lr_multiplier=1.0, loss_scale=False):
+    """A Keras optimizer. `learning_rate` is a float or a schedule. With `layer_decay` or
+    `head_lr_multiplier` != 1 it takes per-variable rates (set by `prepare_optimizer`)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {name!r}. Valid optimizers: {', '.join(OPTIMIZERS)}")
     common = dict(learning_rate=learning_rate, global_clipnorm=clip_norm,
@@ -91,7 +92,7 @@ def build_optimizer(name, learning_rate, *, momentum=0.9, nesterov=False, beta_1
                   gradient_accumulation_steps=grad_accum_steps if grad_accum_steps > 1 else None)
     cls = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam,
            "adamw": keras.optimizers.AdamW}[name]
-    if layer_decay:
+    if layer_decay or head_lr_multiplier != 1.0:
         cls = _with_lr_scales(cls)
     if name == "sgd":
         opt = cls(momentum=momentum, nesterov=nesterov, **common)
@@ -110,20 +111,43 @@ def inner_optimizer(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
-def prepare_optimizer(optimizer, model, layer_decay=None, extra_variables=()):
-    """Exclude no-decay variables, set layer-wise LR scales (of the model's variables) and
-    build the slots of the model's trainable variables and `extra_variables`."""
-    inner = inner_optimizer(optimizer)
-    variables = list(model.trainable_variables) + list(extra_variables)
-    if inner.weight_decay:
-        inner.exclude_from_weight_decay(var_list=no_decay_variables(variables))
+def lr_scales(model, layer_decay=None, head_lr_multiplier=1.0, extra_variables=(),
+              extra_backbone_variables=()):
+    """{id(variable): learning-rate multiplier} of the variables not trained at the base
+    rate: `layer_decay` scales the model's variables (see `layer_ids`); every trainable
+    variable of `model` and `extra_variables` outside the backbones (the model's and
+    `extra_backbone_variables`) is further multiplied by `head_lr_multiplier`."""
+    scales = {}
     if layer_decay:
         ids, num_layers = layer_ids(model)
         if num_layers == 0:
             logging.warning("layer_decay: no stage/block structure found in the backbone "
                             "variable names; every variable keeps the base learning rate")
-        inner.set_lr_scales({inner._var_key(v): layer_decay ** (num_layers + 1 - ids[id(v)])
-                             for v in model.trainable_variables})
+        scales = {id(v): layer_decay ** (num_layers + 1 - ids[id(v)])
+                  for v in model.trainable_variables}
+    if head_lr_multiplier != 1.0:
+        backbone = getattr(model, "backbone", None)
+        backbone_ids = {id(v) for v in list(extra_backbone_variables) + list(
+            backbone.trainable_variables if backbone is not None else [])}
+        for v in list(model.trainable_variables) + list(extra_variables):
+            if id(v) not in backbone_ids:
+                scales[id(v)] = scales.get(id(v), 1.0) * head_lr_multiplier
+    return scales
+
+
+def prepare_optimizer(optimizer, model, layer_decay=None, extra_variables=(),
+                      head_lr_multiplier=1.0, extra_backbone_variables=()):
+    """Exclude no-decay variables, set the per-variable learning-rate scales (`lr_scales`)
+    and build the slots of the model's trainable variables and `extra_variables`."""
+    inner = inner_optimizer(optimizer)
+    variables = list(model.trainable_variables) + list(extra_variables)
+    if inner.weight_decay:
+        inner.exclude_from_weight_decay(var_list=no_decay_variables(variables))
+    scales = lr_scales(model, layer_decay, head_lr_multiplier, extra_variables,
+                       extra_backbone_variables)
+    if scales:
+        inner.set_lr_scales({inner._var_key(v): scales[id(v)] for v in variables
+                             if id(v) in scales})
     optimizer.build(variables)
     return optimizer
 

@@ -180,7 +180,8 @@ def _set_up_model(cfg, model_fn, meta):
 
             semi = SemiEngine(cfg, meta, model, input_normalization(model))
         optimizer = config_lib.optimizer_for(
-            cfg, model, semi.extra_trainable_variables() if semi else ())
+            cfg, model, semi.extra_trainable_variables() if semi else (),
+            semi.extra_backbone_variables() if semi else ())
         loss_tracker = keras.metrics.Mean(name="loss")
     return _Run(cfg, strategy, model, optimizer, loss_tracker, meta, task_id, is_chief, semi)
 
