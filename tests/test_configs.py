@@ -179,3 +179,36 @@ def test_cwbass_rows_use_the_published_recipe():
         assert (cfg.batch_size, cfg.unlabeled_batch_size, cfg.steps) == (16, 16, epochs * iters)
         assert (cfg.crop_size, cfg.lr) == (((321, 321), 0.001) if voc else
                                            ((721, 721), 0.004)), path
+
+
+# Output stride of each method's published numbers (SEMI.md): ASPP 6/12/18 at OS16, 12/24/36
+# at OS8; and the methods whose official code trains the head at 10x the backbone's rate (on
+# VOC; CW-BASS, after ST++, on both datasets; CPS passes one rate).
+SEMI_OUTPUT_STRIDE = {"unimatch": 16, "augseg": 16, "cps": 16, "cwbass": 16, "corrmatch": 8,
+                      "imas": 8}
+SEMI_HEAD_X10 = {"voc": {"unimatch", "corrmatch", "augseg", "imas", "cwbass"},
+                 "cityscapes": {"cwbass"}}
+SEMI_ROWS = sorted((CONFIGS / "semi").glob("*/*.cfg"))
+
+
+@pytest.mark.parametrize("path", SEMI_ROWS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_semi_rows_use_the_methods_aspp_rates_and_head_learning_rate(path):
+    import inspect
+
+    from iseg.heads.deeplabv3 import aspp_rates
+
+    cfg = load(path)
+    kwargs = parse_model_name(cfg.model)
+    head_options = {**kwargs.get("head_options", {}), **cfg.head_options}
+    default_os = inspect.signature(HEADS.get(kwargs["head"])).parameters["output_stride"].default
+    rates = aspp_rates(head_options.get("output_stride", default_os), head_options.get("rates"))
+    os_ = SEMI_OUTPUT_STRIDE[cfg.semi]
+    assert rates == {16: (6, 12, 18), 8: (12, 24, 36)}[os_], path
+    assert kwargs["backbone"].endswith(f"_d{os_}"), path
+    x10 = cfg.semi in SEMI_HEAD_X10[path.parent.name]
+    assert cfg.head_lr_multiplier == (10.0 if x10 else 1.0), path
+    assert "not available" not in path.read_text(), path
+
+
+def test_semi_rows_cover_every_method():
+    assert {load(p).semi for p in SEMI_ROWS} == set(SEMI_OUTPUT_STRIDE)

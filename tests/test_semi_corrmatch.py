@@ -142,3 +142,25 @@ def test_threshold_and_head_are_in_the_checkpoint(tmp_path):
     assert method.threshold.numpy() == np.float32(0.9123)
     for a, v in zip(saved, method.head.variables):
         np.testing.assert_array_equal(a, v.numpy())
+
+
+def test_the_correlation_head_trains_at_the_head_learning_rate():
+    from iseg.semi.engine import SemiEngine
+    from iseg.training.config import TrainConfig, optimizer_for
+
+    student = tiny_model(0)
+    cfg = TrainConfig(model="demo_tiny", semi="corrmatch", labeled_fraction=0.25, steps=4,
+                      semi_options={"corr_channels": 8}, lr=0.1, momentum=0.0,
+                      head_lr_multiplier=10.0)
+    engine = SemiEngine(cfg, META, student, "minus_one_to_one")
+    extra = engine.extra_trainable_variables()
+    optimizer = optimizer_for(cfg, student, extra, engine.extra_backbone_variables())
+    variables = student.trainable_variables + extra
+    before = [v.numpy() for v in variables]
+    optimizer.apply([tf.ones_like(v) for v in variables], variables)
+    backbone = {id(v) for v in student.backbone.trainable_variables}
+    head = {id(v) for v in engine.method.head.trainable_variables}
+    assert backbone and head and not backbone & head
+    for v, b in zip(variables, before):
+        np.testing.assert_allclose(b - v.numpy(), 0.1 if id(v) in backbone else 1.0,
+                                   rtol=1e-5, err_msg=v.path)
