@@ -136,6 +136,15 @@ def test_semi_run_logs_terms_evaluates_the_teacher_and_resumes_bit_exactly(
     loaded, _ = load_model_for_inference(_cfg(shapes, tmp_path / "a"))
     for x, y in zip(straight["model"].weights, loaded.weights):
         np.testing.assert_array_equal(np.array(x), np.array(y), err_msg=x.path)
+    # and so does predict from the model_dir: its labels are the teacher's
+    from iseg.cli.predict import Predictor
+    from iseg.datasets.pipeline import normalize
+
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    labels = Predictor(str(tmp_path / "a")).predict(image)
+    norm = straight["model"].normalization
+    teacher_logits = straight["model"](normalize(image[None].astype("float32"), norm))
+    np.testing.assert_array_equal(labels, np.argmax(np.array(teacher_logits), -1)[0])
     # killed after step 2 (its checkpoint), then the same flags again
     train(_cfg(shapes, tmp_path / "b", steps=2))
     resumed = train(_cfg(shapes, tmp_path / "b"))

@@ -56,6 +56,7 @@ def load_model_for_inference(cfg, checkpoint=None):
     file needed) unless the model flags differ from the recorded ones; then, and without a
     record, it is built from the flags. A semi-supervised method with an EMA teacher gives
     the teacher's weights (what training evaluates and exports)."""
+    from iseg.semi.methods import weights_source
     from iseg.training import config as config_lib
     from iseg.training.checkpoints import resolve_checkpoint, restore_model
 
@@ -64,16 +65,8 @@ def load_model_for_inference(cfg, checkpoint=None):
     model = _recorded_model(cfg, os.path.dirname(os.path.dirname(path)))
     if model is None:
         model = config_lib.build_model_from_config(cfg, meta)
-    restore_model(model, path, source=_weights_source(cfg))
+    restore_model(model, path, source=weights_source(cfg.semi))
     return model, meta
-
-
-def _weights_source(cfg):
-    from iseg.semi import methods
-
-    if cfg.semi != "none" and methods.method_class(cfg.semi).teacher == "ema":
-        return "teacher"
-    return "model"
 
 
 def checkpoint_step(path):

@@ -64,6 +64,7 @@ class Predictor:
             model = keras.saving.load_model(path)
             record = self._find_run_config(os.path.dirname(path))
         else:
+            from iseg.semi.methods import weights_source
             from iseg.training.checkpoints import resolve_checkpoint, restore_model
             from iseg.training.config import read_run_config, rebuild_model
 
@@ -71,7 +72,9 @@ class Predictor:
             model_dir = os.path.dirname(os.path.dirname(ckpt))
             record = read_run_config(model_dir)
             model = rebuild_model(record)
-            restore_model(model, ckpt)
+            # a semi-supervised run with an EMA teacher: the teacher is the trained model
+            restore_model(model, ckpt,
+                          source=weights_source(record["config"].get("semi")))
         if record:
             self.palette = record["dataset"]["palette"]
             self.class_names = record["dataset"]["class_names"]

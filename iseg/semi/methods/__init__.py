@@ -35,3 +35,11 @@ def method_class(name):
 def build_method(name, options=None):
     """An instance of method `name` with `options` (a dict, `--semi_options`)."""
     return method_class(name)(options)
+
+
+def weights_source(name):
+    """Which weights of a `--semi=name` checkpoint are the trained model: "teacher" for
+    methods with an EMA teacher (training evaluates and exports it), else "model"."""
+    if name in (None, "none"):
+        return "model"
+    return "teacher" if method_class(name).teacher == "ema" else "model"
