@@ -240,7 +240,7 @@ def run_row(stem, seed, args):
         wall_s=round(wall, 1),
         cpu_s=round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
         load_average=dict(mean=round(statistics.fmean(load.samples), 2),
-                          min=min(load.samples), max=max(load.samples)),
+                          min=round(min(load.samples), 2), max=round(max(load.samples), 2)),
         resumed=resumed, cpus=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M UTC",
                                                                  time.gmtime()))
     return record
