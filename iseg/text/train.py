@@ -103,7 +103,6 @@ def load_text_model(checkpoint, text=None, image_size=None):
     it, the one `text` and `image_size` describe."""
     import keras  # pylint: disable=import-outside-toplevel
 
-    from iseg.text import models  # pylint: disable=import-outside-toplevel,unused-import
     from iseg.training import checkpoints  # pylint: disable=import-outside-toplevel
     from iseg.training.config import read_run_config  # pylint: disable=import-outside-toplevel
 
