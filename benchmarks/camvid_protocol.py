@@ -143,9 +143,10 @@ def prepare_data(source, output_dir, factor=FACTOR, train_keep=None):
 # ------------------------------------------------------------------------------- rows
 
 
-def semi_labeled_stems(path=os.path.join(REPO, SEMI_LABELED)):
-    """The stems of the labeled training images of the semi-supervised table."""
-    with open(path, encoding="utf-8") as f:
+def semi_labeled_stems(path=None):
+    """The stems of the labeled training images of the semi-supervised table (`path`:
+    the partition file, default configs/camvid/semi's seed-0 1/8 list)."""
+    with open(path or os.path.join(REPO, SEMI_LABELED), encoding="utf-8") as f:
         return {line.strip() for line in f if line.strip()}
 
 

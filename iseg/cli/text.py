@@ -107,7 +107,7 @@ def evaluate_main(cfg, step_of):
     (never replacing earlier results). `step_of(path)`: a checkpoint's step."""
     import json  # pylint: disable=import-outside-toplevel
 
-    from iseg.evaluation.evaluator import _free_name  # pylint: disable=import-outside-toplevel
+    from iseg.evaluation.results import _free_name  # pylint: disable=import-outside-toplevel
     from iseg.text import train  # pylint: disable=import-outside-toplevel
 
     model, path = train.load_text_model(FLAGS.checkpoint or cfg.model_dir, text_options(),
