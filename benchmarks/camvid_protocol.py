@@ -451,11 +451,11 @@ def _semi_step(cfg, meta, model):
     from iseg.datasets.np_augment import input_normalization
     from iseg.semi.data import unlabeled_batch_size
     from iseg.semi.engine import SemiEngine
-    from iseg.training.optimizers import build_optimizer, prepare_optimizer
+    from iseg.training import config as config_lib
 
     engine = SemiEngine(cfg, meta, model, input_normalization(model))
-    optimizer = build_optimizer(cfg.optimizer, cfg.lr)
-    prepare_optimizer(optimizer, model, extra_variables=engine.extra_trainable_variables())
+    optimizer = config_lib.optimizer_for(cfg, model, engine.extra_trainable_variables(),
+                                         engine.extra_backbone_variables())
     (h, w), n, nu = cfg.crop_size, cfg.batch_size, unlabeled_batch_size(cfg)
     batch = {"image": tf.random.uniform((n, h, w, 3), 0.0, 255.0, seed=0),
              "label": tf.random.uniform((n, h, w), 0, meta.num_classes, tf.int32, seed=0)}
