@@ -15,3 +15,14 @@ def shared_dir():
     if not SHARED.is_dir():
         pytest.skip("../shared is not present")
     return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _fresh_flags():
+    """absl flags are process-wide: a test that parses them (a CLI run in this process, a
+    flag file) must not leave its values to the next test."""
+    yield
+    import sys
+
+    if "absl.flags" in sys.modules:
+        sys.modules["absl.flags"].FLAGS.unparse_flags()

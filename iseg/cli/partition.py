@@ -26,7 +26,8 @@ def define_flags():
                            "against --data_root).")
     flags_lib._define_once("string", "data_root", None, "Folder a relative --data_dir "
                            "resolves against (default: $ISEG_DATA, else ./data).")
-    flags_lib._define_once("string", "split", "train", "The split to partition.")
+    # default None, as evaluate's --split (flags are defined once per process): train
+    flags_lib._define_once("string", "split", None, "The split to partition (default: train).")
     flags_lib._define_once("float", "labeled_fraction", None, "Fraction of the split that is "
                            "labeled, in (0, 1).")
     flags_lib._define_once("integer", "seed", 0, "Random seed of the partition.")
@@ -43,9 +44,13 @@ def check():
         raise flags_lib.CliError(f"--labeled_fraction={fraction}: must be in (0, 1)")
 
 
+def _split():
+    return FLAGS.split or "train"
+
+
 def output_dir(data_dir):
     return FLAGS.output_dir or os.path.join(
-        data_dir, "partitions", f"{FLAGS.split}_{FLAGS.labeled_fraction:g}_seed{FLAGS.seed}")
+        data_dir, "partitions", f"{_split()}_{FLAGS.labeled_fraction:g}_seed{FLAGS.seed}")
 
 
 def main(_):
@@ -54,7 +59,7 @@ def main(_):
 
     data_dir = flags_lib.resolved_data_dir()
     try:
-        names = record_filenames(data_dir, FLAGS.split)
+        names = record_filenames(data_dir, _split())
     except (FileNotFoundError, ValueError) as e:
         raise flags_lib.CliError(str(e)) from None
     labeled, unlabeled = partition.by_fraction(names, FLAGS.labeled_fraction, FLAGS.seed)
