@@ -90,6 +90,22 @@ def test_make_partition_cli_writes_the_training_partition(shapes, tmp_path):
     assert len(partition.read_list(paths[0])) == 2  # round(0.25 * 9)
 
 
+@pytest.mark.parametrize("flag, message", [
+    ("", "--labeled_fraction is required"),
+    ("--labeled_fraction=1.5", "--labeled_fraction=1.5: must be in (0, 1)"),
+])
+def test_make_partition_cli_refuses_a_missing_or_bad_fraction(shapes, tmp_path, capsys, flag,
+                                                              message):
+    from iseg.cli import partition as cli
+
+    argv = ["iseg.cli.partition", f"--data_dir={shapes}", f"--output_dir={tmp_path / 'out'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(argv + ([flag] if flag else []))
+    assert exit_info.value.code != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_pipeline_reads_only_the_kept_records(shapes):
     images = read_records(shapes, "train")
     keep = sorted(images)[2:5]

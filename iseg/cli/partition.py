@@ -40,7 +40,10 @@ def check():
     if not FLAGS.data_dir:
         raise flags_lib.CliError("--data_dir is required")
     fraction = FLAGS.labeled_fraction
-    if fraction is None or not 0.0 < fraction < 1.0:
+    if fraction is None:
+        raise flags_lib.CliError("--labeled_fraction is required (the labeled fraction of "
+                                 "the split, in (0, 1))")
+    if not 0.0 < fraction < 1.0:
         raise flags_lib.CliError(f"--labeled_fraction={fraction}: must be in (0, 1)")
 
 
