@@ -48,7 +48,7 @@ def test_semi_row_parses_into_the_protocol(monkeypatch, stem):
     for name in ("head", "backbone", "backbone_options", "head_options", "optimizer", "lr",
                  "schedule", "crop_size", "min_scale", "max_scale", "flip", "brightness"):
         assert getattr(cfg, name) == getattr(base, name), name
-    assert (cfg.steps, cfg.batch_size, cfg.eval_every) == (320, 4, 40)
+    assert (cfg.steps, cfg.batch_size, cfg.eval_every) == (200, 4, 40)
     if method == "supervised":
         assert (cfg.semi, pathlib.Path(cfg.data_dir).name) == ("none", cp.SEMI_DATA_FOLDER)
         return
