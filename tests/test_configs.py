@@ -169,7 +169,7 @@ def test_cwbass_rows_use_the_published_recipe():
     rows = sorted((CONFIGS / "semi").glob("*/cwbass_*.cfg"))
     assert [f"{p.parent.name}/{p.stem}" for p in rows] == [
         "cityscapes/cwbass_r50_1_30", "cityscapes/cwbass_r50_1_4", "voc/cwbass_r50_1_4"]
-    for path, labeled in zip(rows, (100, 744, 2646)):
+    for path, labeled in zip(rows, (100, 744, 2645)):
         cfg = load(path)
         voc = path.parent.name == "voc"
         epochs, total = (80, 10582) if voc else (240, 2975)
@@ -179,6 +179,9 @@ def test_cwbass_rows_use_the_published_recipe():
         assert (cfg.batch_size, cfg.unlabeled_batch_size, cfg.steps) == (16, 16, epochs * iters)
         assert (cfg.crop_size, cfg.lr) == (((321, 321), 0.001) if voc else
                                            ((721, 721), 0.004)), path
+        # ST++'s layout of the lists CW-BASS's README names: <dataset>/<partition>/split_0/
+        assert cfg.labeled_list.endswith("/split_0/labeled.txt"), path
+        assert cfg.unlabeled_list.endswith("/split_0/unlabeled.txt"), path
 
 
 # Output stride of each method's published numbers (SEMI.md): ASPP 6/12/18 at OS16, 12/24/36
@@ -208,6 +211,21 @@ def test_semi_rows_use_the_methods_aspp_rates_and_head_learning_rate(path):
     x10 = cfg.semi in SEMI_HEAD_X10[path.parent.name]
     assert cfg.head_lr_multiplier == (10.0 if x10 else 1.0), path
     assert "not available" not in path.read_text(), path
+
+
+def test_voc_blended_rows_read_labeled_images_from_train_aug():
+    """The 1/16, 1/8, 1/4 lists draw labeled images from the 10,582 train_aug images; the
+    92 ... 1464 lists from the 1,464 of train (SEMI.md, splits)."""
+    blended = []
+    for path in SEMI_ROWS:
+        cfg = load(path)
+        partition = cfg.labeled_list.split("/")[3]
+        voc_blended = path.parent.name == "voc" and partition.startswith("1_")
+        assert cfg.labeled_split == ("train_aug" if voc_blended else "train"), path
+        assert cfg.unlabeled_split == ("train_aug" if path.parent.name == "voc" else None), path
+        blended += [path.stem] if voc_blended else []
+    assert len(blended) == 10 and {s.split("_")[0] for s in blended} == {
+        "augseg", "cps", "imas", "cwbass"}
 
 
 def test_semi_rows_cover_every_method():

@@ -44,6 +44,8 @@ def test_semi_flags_are_checked(toy_registered):
         check_config(TrainConfig(labeled_fraction=0.25, **base))
     with pytest.raises(ConfigError, match=r"^--semi_options given without --semi"):
         check_config(TrainConfig(semi_options={"a": 1}, **base))
+    with pytest.raises(ConfigError, match=r"^--labeled_split given without --semi"):
+        check_config(TrainConfig(labeled_split="train_aug", **base))
     with pytest.raises(ConfigError, match=r"--labeled_fraction=1.5: must be in \(0, 1\)"):
         check_config(TrainConfig(semi="toy", labeled_fraction=1.5, **base))
     with pytest.raises(ConfigError, match="needs exactly one of --labeled_fraction and "

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from datasets_testutil import read_records
 from iseg.datasets.augment import AugmentOptions
+from iseg.errors import ConfigError
 from iseg.semi.data import make_partition, make_semi_dataset_fn, resolve_batch
 from iseg.training.config import TrainConfig
 
@@ -23,9 +24,9 @@ def shapes(tmp_path_factory):
 
 
 def _cfg(shapes, **kw):
-    kw = dict(dict(crop_size=(24, 24)), **kw)
-    return TrainConfig(semi="none", data_dir=shapes, batch_size=2, labeled_fraction=0.25,
-                       shuffle_buffer=8, seed=1, **kw)
+    kw = dict(dict(crop_size=(24, 24), labeled_fraction=0.25), **kw)
+    return TrainConfig(semi="none", data_dir=shapes, batch_size=2, shuffle_buffer=8, seed=1,
+                       **kw)
 
 
 def _batches(cfg, n, streams=2, resample="host", augment=PLAIN):
@@ -61,6 +62,32 @@ def test_streams_read_their_part_of_the_partition_unnormalised(shapes):
     assert seen["image"] == set(labeled)  # oversampled: the 2 labeled examples repeat
     assert seen["u_image"] <= set(unlabeled) and seen["u_image2"] <= set(unlabeled)
     assert len(seen["u_image"]) == 6
+
+
+def test_labeled_examples_come_from_the_labeled_split(shapes, tmp_path):
+    """VOC's blended lists: labeled ids of train_aug, not train (here: val, not train)."""
+    val, train = read_records(shapes, "val"), read_records(shapes, "train")
+    listed = sorted(val)
+    lab, unl = tmp_path / "labeled.txt", tmp_path / "unlabeled.txt"
+    lab.write_text("".join(f"JPEGImages/{n}.jpg SegmentationClass/{n}.png\n" for n in listed))
+    unl.write_text("".join(f"{n}\n" for n in sorted(train)[:3]))
+    cfg = _cfg(shapes, labeled_fraction=None, labeled_list=str(lab), unlabeled_list=str(unl),
+               labeled_split="val", unlabeled_split="train")
+    assert make_partition(cfg) == (listed, sorted(train)[:3], "train")
+    seen = set()
+    for batch in _batches(cfg, 4, streams=1):
+        for image, label in zip(batch["image"], batch["label"]):
+            name = _which(image, {**val, **train})
+            np.testing.assert_array_equal(label, val[name][1])
+            seen.add(name)
+        assert {_which(image, train) for image in batch["u_image"]} <= set(sorted(train)[:3])
+    assert seen == set(listed)
+    drawn = make_partition(_cfg(shapes, labeled_fraction=0.5, labeled_split="val"))
+    assert sorted(drawn[0] + drawn[1]) == listed and drawn[2] == "val"
+    with pytest.raises(ConfigError) as e:  # the default labeled split: train
+        make_partition(_cfg(shapes, labeled_fraction=None, labeled_list=str(lab)))
+    assert str(e.value) == (f"{lab}: id {listed[0]!r} is not in the train split of {shapes} "
+                            f"(2 of 2 ids unknown)")
 
 
 def test_padding_is_ignored_in_unlabeled_crops_and_255_in_labels(shapes):

@@ -72,6 +72,21 @@ def test_unknown_ids_and_missing_files_are_one_line(tmp_path):
         partition.match_list(str(path), ["a.jpg", "dir/a.png"], "D")
 
 
+def test_an_id_in_both_lists_is_refused_naming_both_files(tmp_path):
+    labeled, unlabeled = tmp_path / "l.txt", tmp_path / "u.txt"
+    labeled.write_text("JPEGImages/a.jpg SegmentationClass/a.png\nb\n")
+    unlabeled.write_text("c\nb\na\n")
+    names = ["a", "b", "c", "d"]
+    with pytest.raises(ConfigError) as e:
+        partition.by_lists(names, str(labeled), str(unlabeled))
+    assert str(e.value) == (f"{unlabeled}: id 'b' is also in {labeled} (2 ids in both; an "
+                            "example is labeled or unlabeled)")
+    with pytest.raises(ConfigError, match=r"u\.txt: id 'b' is also in .*l\.txt \(2 ids"):
+        partition.by_lists(names[:2], str(labeled), str(unlabeled), names)  # other split
+    unlabeled.write_text("c\nd\n")
+    assert partition.by_lists(names, str(labeled), str(unlabeled)) == (["a", "b"], ["c", "d"])
+
+
 def test_written_lists_read_back_as_the_same_partition(tmp_path):
     names = [f"n{i}" for i in range(10)]
     labeled, unlabeled = partition.by_fraction(names, 0.3, seed=1)

@@ -5,8 +5,9 @@ r"""Write a seeded labeled / unlabeled partition of a converted dataset's split.
 
 Writes DIR/labeled.txt and DIR/unlabeled.txt (one example id a line; default DIR:
 <data_dir>/partitions/<split>_<fraction>_seed<seed>), the same partition that
-`train.py --semi=... --labeled_fraction=F --seed=S` draws. Train on them with
---labeled_list=DIR/labeled.txt --unlabeled_list=DIR/unlabeled.txt.
+`train.py --semi=... --labeled_fraction=F --seed=S --labeled_split=<split>` draws. Train on
+them with --labeled_split=<split> --labeled_list=DIR/labeled.txt
+--unlabeled_list=DIR/unlabeled.txt.
 """
 
 import os

@@ -24,18 +24,20 @@ _STREAM_SEED_STEP = 7919  # seed offset between the streams (a prime: no shared 
 
 
 def make_partition(cfg):
-    """(labeled, unlabeled, unlabeled_split): record filenames of the training split that
-    are labeled, those of `unlabeled_split` that are unlabeled (None: all of it)."""
-    train = record_filenames(cfg.data_dir, "train")
-    where = f"the train split of {cfg.data_dir}"
-    unlabeled_split = cfg.unlabeled_split or "train"
+    """(labeled, unlabeled, unlabeled_split): record filenames of `cfg.labeled_split` that
+    are labeled, those of `unlabeled_split` (default: the labeled split) that are unlabeled
+    (None: all of it)."""
+    split = cfg.labeled_split
+    names = record_filenames(cfg.data_dir, split)
+    unlabeled_split = cfg.unlabeled_split or split
     if cfg.labeled_fraction is not None:
-        labeled, unlabeled = partition_lib.by_fraction(train, cfg.labeled_fraction, cfg.seed)
+        labeled, unlabeled = partition_lib.by_fraction(names, cfg.labeled_fraction, cfg.seed)
     else:
         pool = (record_filenames(cfg.data_dir, unlabeled_split)
-                if cfg.unlabeled_list and cfg.unlabeled_split else None)
+                if cfg.unlabeled_list and unlabeled_split != split else None)
         labeled, unlabeled = partition_lib.by_lists(
-            train, cfg.labeled_list, cfg.unlabeled_list, pool, where,
+            names, cfg.labeled_list, cfg.unlabeled_list, pool,
+            f"the {split} split of {cfg.data_dir}",
             f"the {unlabeled_split} split of {cfg.data_dir}")
     if cfg.unlabeled_split and not cfg.unlabeled_list:
         unlabeled = None
@@ -62,7 +64,8 @@ def make_semi_dataset_fn(cfg, resample, streams, partition, augment):
             skip_corrupt=cfg.skip_corrupt, keep_filenames=keep, drop_labels=drop_labels)
 
     def fn(input_context, seed):
-        parts = [stream("train", labeled, cfg.batch_size, seed, input_context, False)]
+        parts = [stream(cfg.labeled_split, labeled, cfg.batch_size, seed, input_context,
+                        False)]
         for i in range(1, streams + 1):
             parts.append(stream(unlabeled_split, unlabeled, unlabeled_batch_size(cfg),
                                 seed + i * _STREAM_SEED_STEP, input_context, True))

@@ -11,7 +11,7 @@ records written by the iseg converter). It comes from
   ``leftImg8bit/train/city/x_leftImg8bit.png gtFine/...``, or a bare id a line. Each line's
   first field is matched to a record by file stem (folders, extension and the Cityscapes
   ``_leftImg8bit`` suffix dropped). Without an unlabeled list, every other example of the
-  split is unlabeled.
+  split is unlabeled; with one, no id may be in both lists.
 
 `write_lists` writes a partition as two files of bare ids that `by_lists` reads back
 (the ``make_partition`` command line: `iseg.cli.partition`).
@@ -95,13 +95,21 @@ def by_lists(filenames, labeled_list, unlabeled_list=None, unlabeled_filenames=N
 
     `filenames`: the records of the labeled split; `unlabeled_filenames`: those of the
     split the unlabeled list refers to (default: the same). Without `unlabeled_list`,
-    every record of `filenames` not labeled is unlabeled."""
+    every record of `filenames` not labeled is unlabeled. An id in both lists is a
+    ConfigError (the official lists are disjoint; ids are compared even when the lists
+    name different splits, as VOC's train_aug holds train)."""
     labeled = match_list(labeled_list, filenames, where)
     if unlabeled_list is None:
         chosen = set(labeled)
         return labeled, sorted(n for n in filenames if n not in chosen)
     pool = filenames if unlabeled_filenames is None else unlabeled_filenames
-    return labeled, match_list(unlabeled_list, pool, unlabeled_where or where)
+    unlabeled = match_list(unlabeled_list, pool, unlabeled_where or where)
+    ids = {stem(n) for n in labeled}
+    shared = [stem(n) for n in unlabeled if stem(n) in ids]
+    if shared:
+        raise ConfigError(f"{unlabeled_list}: id {shared[0]!r} is also in {labeled_list} "
+                          f"({len(shared)} ids in both; an example is labeled or unlabeled)")
+    return labeled, unlabeled
 
 
 def write_lists(output_dir, labeled, unlabeled):

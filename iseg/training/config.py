@@ -147,16 +147,18 @@ class TrainConfig:
                        ["none", *semi_methods.names()])
     semi_options: dict = option({}, "Options of the --semi method, key=value,... (Python "
                                 "literals; see docs/semi_supervised.md).")
+    labeled_split: str = option("train", "Split the labeled examples come from: the ids "
+                                "--labeled_list names, or the --labeled_fraction draw.")
     labeled_fraction: float = option(None, "Seeded random partition (--seed): this fraction "
-                                     "of the training split is labeled, the rest unlabeled.")
+                                     "of --labeled_split is labeled, the rest unlabeled.")
     labeled_list: str = option(None, "File listing the labeled examples (UniMatch / CPS / "
                                "AugSeg list format, or one id a line; matched by file stem).")
     unlabeled_list: str = option(None, "File listing the unlabeled examples (same formats, "
-                                 "ids of --unlabeled_split); default: every training "
-                                 "example not in --labeled_list.")
+                                 "ids of --unlabeled_split; no id of --labeled_list); "
+                                 "default: every example of --labeled_split not labeled.")
     unlabeled_split: str = option(None, "Split read as unlabeled data: all of it, or the "
                                   "examples --unlabeled_list names (default: the unlabeled "
-                                  "part of the training split).")
+                                  "part of --labeled_split).")
     unlabeled_batch_size: int = option(None, "GLOBAL unlabeled batch size (default: "
                                        "--batch_size).")
 
@@ -222,6 +224,8 @@ def check_semi(cfg):
         given = [f"--{n}" for n in ("semi_options", "labeled_fraction", "labeled_list",
                                     "unlabeled_list", "unlabeled_split",
                                     "unlabeled_batch_size") if getattr(cfg, n)]
+        if cfg.labeled_split != TrainConfig.labeled_split:
+            given.append("--labeled_split")
         if given:
             raise ConfigError(f"{given[0]} given without --semi (a semi-supervised method)")
         return
