@@ -5,7 +5,9 @@ import keras
 import numpy as np
 import pytest
 
-from iseg.layers.sdn import DiagonalDifference, SemanticDiffusionNeck, SemanticDifferenceFusion
+from iseg.cli.flags import parse_options
+from iseg.layers.sdn import (DiagonalDifference, SemanticDiffusionNeck, SemanticDifferenceFusion,
+                             check_neck_options)
 from iseg.models import SegmentationModel, build_model_from_name
 from iseg.ops import resize
 
@@ -164,6 +166,30 @@ def test_neck_flags():
         model_options(TrainConfig(neck="sdn", neck_options={"gain": 1}), meta)
     with pytest.raises(ConfigError, match="--neck_options given without --neck=sdn"):
         model_options(TrainConfig(neck_options={"guidance": "self"}), meta)
+    with pytest.raises(ConfigError) as e:
+        model_options(TrainConfig(neck="sdn", neck_options=parse_options("guidance=up",
+                                                                          "neck_options")), meta)
+    assert str(e.value) == "--neck_options: sdn: guidance must be one of deeper, self, got 'up'"
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(guidance="up"), "guidance must be one of deeper, self, got 'up'"),
+    (dict(keys="c5"), "keys must be a list of endpoint names, got 'c5'"),
+    (dict(align_corners="yes"), "align_corners must be True or False, got 'yes'"),
+    (dict(trainable_difference=1), "trainable_difference must be True or False, got 1"),
+    (dict(sdc_kernel_size=0), "sdc_kernel_size must be a positive integer, got 0"),
+    (dict(sdc_kernel_size=2.5), "sdc_kernel_size must be a positive integer, got 2.5"),
+    (dict(guidance_power="two"), "guidance_power must be a number, got 'two'"),
+    (dict(bn_epsilon=True), "bn_epsilon must be a number, got True"),
+    (dict(difference_init="nope"), "difference_init must be an initializer name, got 'nope'"),
+])
+def test_bad_neck_option_values_are_named(options, message):
+    with pytest.raises(ValueError) as e:
+        check_neck_options(options)
+    assert str(e.value) == f"sdn: {message}"
+    good = dict(keys=["c2", "c5"], guidance="self", align_corners=False, guidance_power=1,
+                sdc_kernel_size=5, difference_init="he_normal", bn_momentum=0.9)
+    assert check_neck_options(good) == good
 
 
 def test_exported_saved_model_holds_the_neck(tmp_path):

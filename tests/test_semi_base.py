@@ -84,3 +84,68 @@ def test_context_teacher_is_the_detached_inference_student_without_an_ema_model(
     assert tape.gradient(train_out, x) is not None
     with pytest.raises(ValueError, match="no peer network"):
         ctx.peer(x)
+
+
+@pytest.mark.parametrize("method, options, want", [
+    ("cwbass", {"confidence_decay": "false", "ramp_steps": "none"},
+     {"confidence_decay": False, "ramp_steps": None}),
+    ("cwbass", {"confidence_decay": "True", "ramp_steps": 10.0, "gamma": 2},
+     {"confidence_decay": True, "ramp_steps": 10, "gamma": 2.0}),
+    ("corrmatch", {"corr_endpoint": "c4", "num_regions": "64", "thresh_init": "0.7"},
+     {"corr_endpoint": "c4", "num_regions": 64, "thresh_init": 0.7}),
+])
+def test_option_values_take_the_type_of_their_default(method, options, want):
+    got = semi_methods.build_method(method, options).options
+    assert {k: got[k] for k in want} == want
+    assert all(type(got[k]) is type(v) for k, v in want.items())
+
+
+@pytest.mark.parametrize("method, options, message", [
+    ("cwbass", {"confidence_decay": "maybe"}, "confidence_decay=maybe must be true or false"),
+    ("cwbass", {"confidence_decay": 1}, "confidence_decay=1 must be true or false"),
+    ("cwbass", {"ramp_steps": 2.5}, "ramp_steps=2.5 must be a whole number or none"),
+    ("augseg", {"tau": "abc"}, "tau=abc must be a number"),
+    ("augseg", {"weight": "nan"}, "weight=nan must be a number"),
+    ("corrmatch", {"corr_endpoint": "c9"}, "corr_endpoint=c9 must be one of c2, c3, c4, c5"),
+    ("corrmatch", {"num_regions": 12.5}, "num_regions=12.5 must be a whole number"),
+])
+def test_bad_option_values_are_one_line_errors(method, options, message):
+    with pytest.raises(ConfigError) as e:
+        semi_methods.build_method(method, options)
+    assert str(e.value) == f"--semi_options: {message}"
+
+
+def test_a_bad_option_value_is_reported_by_the_flag_checks():
+    from iseg.cli.flags import parse_options
+
+    options = parse_options("tau=abc", "semi_options")
+    with pytest.raises(ConfigError) as e:
+        check_config(TrainConfig(model="demo_tiny", semi="augseg", semi_options=options,
+                                 labeled_fraction=0.5))
+    assert str(e.value) == "--semi_options: tau=abc must be a number"
+
+
+@pytest.mark.parametrize("name", ["unimatch", "corrmatch"])
+def test_weight_decay_term_is_unscaled_and_covers_the_method_layers(name):
+    from iseg.semi.engine import SemiEngine
+    from iseg.training.config import DatasetMeta
+    from semi_method_testutil import K, tiny_model, zipped_batch
+
+    student = tiny_model(0)
+    student.l2_weight_decay = 0.01
+    meta = DatasetMeta(num_classes=K, class_names=list("abc"), palette=[(0, 0, 0)] * K)
+    cfg = TrainConfig(model="demo_tiny", semi=name, labeled_fraction=0.25, steps=4,
+                      semi_options={"corr_channels": 8} if name == "corrmatch" else {})
+    engine = SemiEngine(cfg, meta, student, "minus_one_to_one")
+    terms = engine.method.loss_terms(engine.context(tf.constant(0, tf.int64)),
+                                     zipped_batch(0, streams=2), tf.constant([1, 2]))
+
+    def squares(layers):
+        return sum(float(np.sum(np.square(w.numpy(), dtype=np.float64)))
+                   for layer in layers for w in layer.trainable_weights
+                   if w.path.split("/")[-1] == "kernel")
+
+    extra = squares(engine.method.trainable_layers())
+    assert (extra > 0) == (name == "corrmatch")  # the correlation head's kernels
+    np.testing.assert_allclose(float(terms["l2"]), 0.01 * (squares([student]) + extra),
+                               rtol=1e-5)

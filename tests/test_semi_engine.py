@@ -155,6 +155,37 @@ def test_semi_run_logs_terms_evaluates_the_teacher_and_resumes_bit_exactly(
             np.testing.assert_array_equal(np.array(x), np.array(y), err_msg=x.path)
 
 
+def _method_variables(engine):
+    """What a resumed run must restore beside the student: the peer's variables, the
+    method's layers' and its state."""
+    out = list(engine.peer.variables) if engine.peer is not None else []
+    out += [v for layer in engine.method.trainable_layers() for v in layer.variables]
+    return out + list(engine.method.state().values())
+
+
+@pytest.mark.parametrize("semi, options", [
+    ("corrmatch", {"corr_channels": 8, "num_regions": 4}),  # adaptive threshold + head
+    ("cps", {}),  # peer network
+])
+def test_kill_and_resume_is_bit_exact_for_method_layers_state_and_peer(shapes, tmp_path, semi,
+                                                                       options):
+    def cfg(name, **kw):
+        return _cfg(shapes, tmp_path / name, semi=semi, semi_options=options, **kw)
+
+    straight = train(cfg("a"))
+    train(cfg("b", steps=2))  # killed after step 2 (its checkpoint), then the same flags
+    resumed = train(cfg("b"))
+    np.testing.assert_array_equal(resumed["losses"], straight["losses"][2:])
+    for x, y in zip(straight["student"].weights, resumed["student"].weights):
+        np.testing.assert_array_equal(np.array(x), np.array(y), err_msg=x.path)
+    first, second = (_method_variables(run["semi"]) for run in (straight, resumed))
+    assert first and len(first) == len(second)
+    for x, y in zip(first, second):
+        np.testing.assert_array_equal(np.array(x), np.array(y), err_msg=x.name)
+    if semi == "corrmatch":  # the threshold moved, so the check is not of initial values
+        assert straight["semi"].method.threshold.numpy() != np.float32(0.85)
+
+
 class _ToyState(_ToyEMA):
     name = "toy_state"
     teacher = "peer"

@@ -172,9 +172,41 @@ NECK_OPTIONS = ("keys", "guidance", "align_corners") + UNIT_OPTIONS
 
 
 def check_neck_options(options):
-    """`options` of `--neck=sdn` (`--neck_options`), or ValueError naming the unknown ones."""
+    """`options` of `--neck=sdn` (`--neck_options`), or ValueError naming the unknown option
+    or the bad value."""
     unknown = sorted(set(options) - set(NECK_OPTIONS))
     if unknown:
         raise ValueError(f"unknown sdn option(s) {', '.join(unknown)}; valid: "
                          f"{', '.join(NECK_OPTIONS)}")
+    for key, value in options.items():
+        need = _bad_neck_value(key, value)
+        if need:
+            raise ValueError(f"sdn: {key} must be {need}, got {value!r}")
     return dict(options)
+
+
+def _bad_neck_value(key, value):
+    """What option `key` needs when `value` does not fit, else None."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key == "guidance":
+        return None if value in GUIDANCES else "one of " + ", ".join(GUIDANCES)
+    if key == "keys":
+        ok = isinstance(value, (list, tuple)) and all(isinstance(k, str) for k in value)
+        return None if ok else "a list of endpoint names"
+    if key in ("align_corners", "trainable_difference"):
+        return None if isinstance(value, bool) else "True or False"
+    if key == "sdc_kernel_size":
+        return None if number and value == int(value) and value > 0 else "a positive integer"
+    if key in ("difference_init", "kernel_initializer"):
+        return None if _initializer(value) else "an initializer name"
+    return None if number else "a number"  # guidance_power, bn_momentum, bn_epsilon
+
+
+def _initializer(value):
+    if value == "diagonal" or not isinstance(value, str):
+        return True
+    try:
+        keras.initializers.get(value)
+    except ValueError:
+        return False
+    return True

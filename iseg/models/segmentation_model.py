@@ -273,12 +273,7 @@ class SegmentationModel(keras.Model):
             self._trackers["sar_ready"].update_state(sar.pop("sar_ready"))  # logged only
             terms.update(sar)
         if training and self.l2_weight_decay > 0:
-            kernels = [
-                w for w in self.trainable_weights if w.path.split("/")[-1].endswith("kernel")
-            ]
-            terms["l2"] = self.l2_weight_decay * ops.sum(
-                ops.stack([ops.sum(ops.square(ops.cast(w, "float32"))) for w in kernels])
-            )
+            terms["l2"] = l2_penalty(self.trainable_weights, self.l2_weight_decay)
         return terms
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -328,6 +323,14 @@ class SegmentationModel(keras.Model):
             if isinstance(config[key], dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def l2_penalty(weights, decay):
+    """`decay * sum(w**2)` over the conv / dense kernels among `weights` (float32)."""
+    kernels = [w for w in weights if w.path.split("/")[-1].endswith("kernel")]
+    return decay * ops.sum(
+        ops.stack([ops.sum(ops.square(ops.cast(w, "float32"))) for w in kernels])
+    )
 
 
 NECKS = ("none", "sdn")

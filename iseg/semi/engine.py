@@ -55,7 +55,9 @@ class SemiEngine:
                         if self.method.teacher == "ema" else None)
         self.peer = (build_peer(student, cfg.seed + PEER_SEED_OFFSET)
                      if self.method.teacher == "peer" else None)
+        self.layers = []
         self.method.build(self.context(tf.constant(0, tf.int64)))
+        self.layers = self.method.trainable_layers()
 
     def context(self, step):
         return SemiContext(
@@ -63,7 +65,7 @@ class SemiEngine:
             num_classes=self.meta.num_classes, ignore_label=self.meta.ignore_label,
             step=step, total_steps=self.cfg.steps,
             teacher_model=None if self.teacher is None else self.teacher.model,
-            peer_model=self.peer)
+            peer_model=self.peer, layers=self.layers)
 
     def extra_trainable_variables(self):
         """Trained with the student: the peer's and the method's layers' variables."""

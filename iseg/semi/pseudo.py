@@ -7,8 +7,8 @@ probabilities ``[B, H, W, K]``, labels ``int32 [B, H, W]``, masks ``bool [B, H, 
 teacher probabilities) never receive gradients: every function stops them.
 
 Normalisers of an unsupervised loss (SEMI.md 8.4; they are not interchangeable):
-  "all_pixels":  sum over kept pixels / all B*H*W pixels (AugSeg, iMAS, CPS);
-  "non_ignored": sum over kept pixels / #(not ignored) pixels (UniMatch, CorrMatch);
+  "all_pixels":  sum over kept pixels / all B*H*W pixels (AugSeg, iMAS);
+  "non_ignored": sum over kept pixels / #(not ignored) pixels (UniMatch, CorrMatch, CPS);
   "valid":       sum over kept pixels / max(#kept, 1) (CW-BASS).
 """
 
@@ -120,17 +120,6 @@ def kl_loss(logits, target_probs, mask, ignore=None, normaliser="non_ignored"):
     log_p = tf.math.log(tf.where(p > 0.0, p, 1.0))
     per_pixel = tf.reduce_sum(p * (log_p - log_q), axis=-1)
     return normalise(per_pixel, mask, ignore, normaliser)
-
-
-def cps_loss(logits1, logits2, ignore=None):
-    """CPS's symmetric cross supervision CE(logits1, argmax logits2) + CE(logits2, argmax
-    logits1): hard targets without a threshold, each term the mean over the non-ignored
-    pixels (over all pixels when `ignore` is None)."""
-    mask = _valid(tf.shape(logits1)[:-1], ignore)
-    target1 = tf.argmax(tf.stop_gradient(logits1), axis=-1, output_type=tf.int32)
-    target2 = tf.argmax(tf.stop_gradient(logits2), axis=-1, output_type=tf.int32)
-    return (unsup_ce(logits1, target2, mask, normaliser="valid")
-            + unsup_ce(logits2, target1, mask, normaliser="valid"))
 
 
 def weighted_iou(pred, ref, num_classes, valid=None):

@@ -6,10 +6,13 @@ logging. `SemiContext` is what the engine hands the method for one replica step:
 networks (student, teacher, peer) and the data conventions.
 """
 
+import math
+
 import tensorflow as tf
 
 from iseg.datasets.pipeline import normalize as normalize_images
 from iseg.errors import ConfigError
+from iseg.models.segmentation_model import l2_penalty
 
 TEACHERS = ("self", "ema", "peer")
 
@@ -25,7 +28,8 @@ class SemiMethod:
       unlabeled_streams: 1, or 2 when the method mixes with a second, independent
         unlabeled batch (`batch["u_image2"]`, `batch["u_ignore2"]`).
       defaults: option name -> default (the official VOC value); `--semi_options=k=v,...`
-        overrides them.
+        overrides them. A given value is checked against its default's type (`check_option`).
+      choices: option name -> the valid values of a text option.
     A method with teacher "ema" sets its EMA settings in `ema()`.
     """
 
@@ -33,6 +37,7 @@ class SemiMethod:
     teacher = "self"
     unlabeled_streams = 1
     defaults = {}
+    choices = {}
 
     def __init__(self, options=None):
         options = dict(options or {})
@@ -41,7 +46,10 @@ class SemiMethod:
             valid = ", ".join(sorted(self.defaults)) or "(none)"
             raise ConfigError(f"--semi_options: unknown option {unknown[0]!r} for method "
                               f"{self.name!r}. Valid options: {valid}")
-        self.options = {**self.defaults, **options}
+        self.options = dict(self.defaults)
+        for key, value in options.items():
+            self.options[key] = check_option(key, value, self.defaults[key],
+                                             self.choices.get(key))
 
     def build(self, ctx):
         """Create extra Keras layers / tf.Variables (thresholds, heads); called once, in
@@ -78,10 +86,11 @@ class SemiContext:
       num_classes, ignore_label: from the dataset.
       step: int64 scalar tensor, the optimizer step before this update.
       total_steps: the number of optimizer steps of the run.
+      layers: the method's trainable layers (`SemiMethod.trainable_layers`).
     """
 
     def __init__(self, student, *, normalization, num_classes, ignore_label, step,
-                 total_steps, teacher_model=None, peer_model=None):
+                 total_steps, teacher_model=None, peer_model=None, layers=()):
         self.model = student
         self.teacher_model = teacher_model
         self.peer_model = peer_model
@@ -90,6 +99,7 @@ class SemiContext:
         self.ignore_label = int(ignore_label)
         self.step = step
         self.total_steps = int(total_steps)
+        self.layers = list(layers)
 
     def normalize(self, images):
         """float32 [0, 255] images -> the student's input."""
@@ -127,9 +137,52 @@ class SemiContext:
         """The names of the endpoints the student's head reads (e.g. ["c5", "c2"])."""
         return self.model.head_endpoints()
 
-    def supervised(self, labels, outputs):
-        """dict of the student's own supervised loss terms (CE, aux, CAR, SAR, ...)."""
-        return self.model.loss_terms(labels, outputs, training=True)
+    def supervised(self, labels, outputs, scale=1.0):
+        """dict of the student's own supervised loss terms (CE, aux, CAR, SAR, ...), each
+        times `scale` except the weight decay "l2": it stays unscaled, as an optimizer's
+        weight decay is, and covers the kernels of the method's `layers` too."""
+        terms = self.model.loss_terms(labels, outputs, training=True)
+        terms = {k: v if k == "l2" else scale * v for k, v in terms.items()}
+        if "l2" in terms and self.layers:
+            weights = [w for layer in self.layers for w in layer.trainable_weights]
+            terms["l2"] += l2_penalty(weights, self.model.l2_weight_decay)
+        return terms
+
+
+def check_option(key, value, default, choices=None):
+    """`value` of option `key` as the type of its `default`, or a one-line ConfigError:
+    a bool takes true / false, a float a number, an int a whole number, None (an optional
+    count) none or a whole number, text one of `choices` (any text without them)."""
+    word = {"true": True, "false": False, "none": None}.get(str(value).strip().lower(), value)
+    if isinstance(default, bool):
+        need, ok = "true or false", isinstance(word, bool)
+        value = word
+    elif isinstance(default, str):
+        need = "one of " + ", ".join(choices) if choices else "text"
+        ok = isinstance(value, str) and (not choices or value in choices)
+    elif default is None and word is None:
+        return None
+    else:
+        number = _number(value)
+        whole = not isinstance(default, float)
+        need = "a whole number" if whole else "a number"
+        ok = number is not None and (not whole or number == int(number))
+        value = (int(number) if whole else number) if ok else value
+        need += " or none" if default is None else ""
+    if not ok:
+        raise ConfigError(f"--semi_options: {key}={value} must be {need}")
+    return value
+
+
+def _number(value):
+    """float(value) for a finite number (or its text), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def check_teacher(method):

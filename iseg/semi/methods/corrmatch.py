@@ -26,7 +26,9 @@ Losses (each divided by the non-ignored pixel count, "non_ignored"):
   L_uc        (CE of s's propagated logits over the propagated mask + CE of u's
               propagated logits to the weak targets over conf >= tau) / 2.
 Total ``(0.5 L_x + 0.5 L_xc + 0.25 (L_s + L_kl + L_fp + L_uc)) / 2``: every term is
-returned already multiplied by its weight and the 1/2. As coded, tau's class statistic
+returned already multiplied by its weight and the 1/2, except the weight decay "l2"
+(`--l2`), unscaled (the official code decays in the optimizer) and over the kernels of
+the correlation head as well as the model's. As coded, tau's class statistic
 reads the weak prediction of u with the CUT-MIXED ignore mask.
 """
 
@@ -46,6 +48,7 @@ class CorrMatch(SemiMethod):
     defaults = {"thresh_init": 0.85, "thresh_momentum": 0.999, "num_regions": 128,
                 "fp_dropout": 0.5, "cutmix_p": 0.5, "corr_channels": 256,
                 "corr_dropout": 0.1, "corr_endpoint": "c5"}
+    choices = {"corr_endpoint": ("c2", "c3", "c4", "c5")}
 
     def build(self, ctx):
         o = self.options
@@ -121,8 +124,8 @@ class CorrMatch(SemiMethod):
         kept = pseudo.keep_mask(mixed["conf"], tau, mixed["ignore"])
         weak_kept = pseudo.keep_mask(weak["conf"], tau, weak["ignore"])
         labeled = tf.nest.map_structure(lambda t: t[:nx], w["outputs"])
-        terms = {k: 0.25 * v for k, v in ctx.supervised(batch["label"], labeled).items()}
-        terms["corr_x"] = 0.25 * ctx.supervised(batch["label"], {"logits": w["corr"][:nx]})["ce"]
+        terms = ctx.supervised(batch["label"], labeled, 0.25)
+        terms["corr_x"] = ctx.supervised(batch["label"], {"logits": w["corr"][:nx]}, 0.25)["ce"]
         terms["unsup_s"] = 0.125 * ce(s_logits, mixed, mixed["propagated"])
         terms["unsup_kl"] = 0.125 * pseudo.kl_loss(s_logits, tf.nn.softmax(weak_logits), kept,
                                                    mixed["ignore"])

@@ -18,7 +18,8 @@ CE to the cut-mixed weak targets over pixels with conf >= `threshold` that are n
 ignored, divided by the non-ignored pixel count ("non_ignored"); L_fp = the same on the
 perturbed head's output against the weak targets. Total
 ``(L_x + w_s L_s1 + w_s L_s2 + w_fp L_fp) / 2`` with w_s 0.25, w_fp 0.5: every term is
-returned already multiplied by its weight and the 1/2.
+returned already multiplied by its weight and the 1/2, except the model's weight decay
+"l2" (`--l2`): the official code decays in the optimizer, outside this scaling.
 """
 
 import tensorflow as tf
@@ -99,7 +100,7 @@ class UniMatch(SemiMethod):
             keep = pseudo.keep_mask(target["conf"], o["threshold"], target["ignore"])
             losses.append(pseudo.unsup_ce(logits, target["label"], keep, target["ignore"],
                                           "non_ignored"))
-        terms = {k: 0.5 * v for k, v in ctx.supervised(batch["label"], labeled).items()}
+        terms = ctx.supervised(batch["label"], labeled, 0.5)
         terms["unsup_s1"] = 0.5 * o["weight_strong"] * losses[0]
         terms["unsup_s2"] = 0.5 * o["weight_strong"] * losses[1]
         terms["unsup_fp"] = 0.5 * o["weight_fp"] * losses[2]
