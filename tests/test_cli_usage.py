@@ -144,6 +144,21 @@ def test_unknown_flag_in_a_flag_file_names_the_file(tmp_path, capsys):
             f"10: 'x'{origin}"
 
 
+def test_evaluating_the_teacher_of_a_method_without_one_is_refused(capsys):
+    from iseg.cli import evaluate
+
+    try:
+        with pytest.raises(SystemExit) as e:
+            evaluate.run(["evaluate", f"--flagfile={REPO}/configs/demo/shapes.cfg",
+                          "--semi=unimatch", "--semi_weights=teacher"])
+    finally:
+        flags_lib.FLAGS.unparse_flags()
+    assert e.value.code != 0
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "iseg.cli.evaluate: error: --semi_weights=teacher: --semi=unimatch has no EMA teacher (its "
+        "checkpoints hold the student only)"]
+
+
 MISSING = """--flagfile={repo}/configs/camvid/fcn_r18_d8.cfg
 --data_root={root}
 """

@@ -133,9 +133,11 @@ def test_semi_run_logs_terms_evaluates_the_teacher_and_resumes_bit_exactly(
     # evaluate / export load the teacher's weights, as training evaluated it
     from iseg.cli.evaluate import load_model_for_inference
 
-    loaded, _ = load_model_for_inference(_cfg(shapes, tmp_path / "a"))
-    for x, y in zip(straight["model"].weights, loaded.weights):
-        np.testing.assert_array_equal(np.array(x), np.array(y), err_msg=x.path)
+    cfg = _cfg(shapes, tmp_path / "a")
+    for weights, key in (("auto", "model"), ("teacher", "model"), ("student", "student")):
+        loaded, _ = load_model_for_inference(cfg, weights=weights)
+        for x, y in zip(straight[key].weights, loaded.weights):
+            np.testing.assert_array_equal(np.array(x), np.array(y), err_msg=x.path)
     # and so does predict from the model_dir: its labels are the teacher's
     from iseg.cli.predict import Predictor
     from iseg.datasets.pipeline import normalize

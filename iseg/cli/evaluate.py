@@ -11,7 +11,9 @@ the latest in --model_dir), runs whole-image or sliding-window inference with an
 and flip, prints a table and writes `<model_dir>/eval/<name>_results.{json,txt}`
 (optionally the confusion matrix and prediction PNGs), where `<name>` says what was
 evaluated: `<split>_<whole|slide>[_scales0.5-...][_flip]_step<N>` (N: the checkpoint's
-step). Earlier results are never replaced (a repeated name gets `-2`, `-3`...).
+step). Earlier results are never replaced (a repeated name gets `-2`, `-3`...). A
+semi-supervised run with an EMA teacher is evaluated with the teacher, as training does;
+`--semi_weights=student` evaluates its student instead (results in `<model_dir>/eval_student`).
 """
 
 import os
@@ -50,12 +52,13 @@ def _recorded_model(cfg, run_dir):
     return config_lib.rebuild_model(record)
 
 
-def load_model_for_inference(cfg, checkpoint=None):
+def load_model_for_inference(cfg, checkpoint=None, weights="auto"):
     """(model, meta), weights from `checkpoint` or the latest in model_dir. The model is
     the trained network recorded in the checkpoint's `run_config.json` (no backbone weight
     file needed) unless the model flags differ from the recorded ones; then, and without a
-    record, it is built from the flags. A semi-supervised method with an EMA teacher gives
-    the teacher's weights (what training evaluates and exports)."""
+    record, it is built from the flags. `weights`: "auto" gives the EMA teacher's weights
+    for a semi-supervised method that has one (what training evaluates and exports), else
+    the model's; "student" / "teacher" ask for one."""
     from iseg.semi.methods import weights_source
     from iseg.training import config as config_lib
     from iseg.training.checkpoints import resolve_checkpoint, restore_model
@@ -65,7 +68,8 @@ def load_model_for_inference(cfg, checkpoint=None):
     model = _recorded_model(cfg, os.path.dirname(os.path.dirname(path)))
     if model is None:
         model = config_lib.build_model_from_config(cfg, meta)
-    restore_model(model, path, source=weights_source(cfg.semi))
+    source = {"auto": weights_source(cfg.semi), "student": "model"}.get(weights, weights)
+    restore_model(model, path, source=source)
     return model, meta
 
 
@@ -90,10 +94,11 @@ def main(argv):
         from iseg.cli import text
         return text.evaluate_main(cfg, checkpoint_step)
     split = FLAGS.split or cfg.eval_split
-    model, meta = load_model_for_inference(cfg, cfg.checkpoint)
+    model, meta = load_model_for_inference(cfg, cfg.checkpoint, FLAGS.semi_weights)
     dataset = config_lib.make_eval_dataset(cfg, input_normalization(model), split)
     evaluator = make_evaluator(cfg, model, meta)
-    out_dir = os.path.join(cfg.model_dir, "eval")
+    out_dir = os.path.join(cfg.model_dir,
+                           "eval_student" if FLAGS.semi_weights == "student" else "eval")
     pred_dir = os.path.join(out_dir, f"predictions_{split}") if FLAGS.save_predictions else None
     total = info.num_examples(cfg.data_dir, split)
     if total is not None and cfg.eval_steps is not None:
@@ -114,6 +119,12 @@ def check():
     if FLAGS.task == "text":
         from iseg.cli.text import check_text_eval
         return check_text_eval()
+    if FLAGS.semi_weights == "teacher":
+        from iseg.semi.methods import weights_source
+
+        if weights_source(FLAGS.semi) != "teacher":
+            raise flags_lib.CliError(f"--semi_weights=teacher: --semi={FLAGS.semi} has no "
+                                     "EMA teacher (its checkpoints hold the student only)")
     return flags_lib.check_data([FLAGS.split or FLAGS.eval_split])
 
 

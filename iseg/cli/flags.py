@@ -253,6 +253,11 @@ def define_eval_flags():
                  ".csv).")
     _define_once("integer", "save_predictions", 0, "Save this many prediction PNGs "
                  "(-1: all).")
+    _define_once("enum", "semi_weights", "auto", ["auto", "student", "teacher"],
+                 "Which network of a semi-supervised checkpoint to evaluate: auto = the "
+                 "EMA teacher where the method has one (what training evaluates and "
+                 "exports), else the student. The student's results go to "
+                 "<model_dir>/eval_student.")
 
 
 # ----------------------------------------------------------------------------- config
