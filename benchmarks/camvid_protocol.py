@@ -21,7 +21,9 @@
 `--table=semi` runs the semi-supervised rows instead (`configs/camvid/semi/<method>.cfg`,
 results `benchmarks/results/camvid_semi_<method>_s<S>.json`, curves
 `docs/images/camvid_semi_curves.png`, the table in `docs/semi_supervised.md` between the
-`camvid-semi-table` markers).
+`camvid-semi-table` markers). Rows whose method evaluates an EMA teacher also record the
+student of their final checkpoint (`evaluate --semi_weights=student`); `--student_scores`
+adds it to rows that finished without it.
 """
 
 import argparse
@@ -234,6 +236,7 @@ def run_row(stem, seed, args):
         print(f"{name}: train.py exited with {code}; see {log_path}", flush=True)
         return None
     record = summarize(read_evaluations(os.path.join(REPO, model_dir)))
+    add_student_scores(record, stem, model_dir, args.data_root)
     record.update(
         row=stem, seed=seed, flagfile=flagfile, command=" ".join(cmd[1:]),
         best_checkpoint=os.path.relpath(keep_best(os.path.join(REPO, model_dir),
@@ -244,6 +247,29 @@ def run_row(stem, seed, args):
                           min=round(min(load.samples), 2), max=round(max(load.samples), 2)),
         resumed=resumed, cpus=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M UTC",
                                                                  time.gmtime()))
+    return record
+
+
+def add_student_scores(record, stem, model_dir, data_root):
+    """For a row whose method evaluates an EMA teacher: evaluate the student of the run's
+    final checkpoint (`iseg.cli.evaluate --semi_weights=student`) and add `student_miou`
+    and `student_per_class_iou` to `record`. Other rows: unchanged."""
+    from iseg.semi.methods import weights_source
+
+    method = stem.split("/")[1] if stem.startswith("semi/") else "none"
+    if method == "supervised" or weights_source(method) != "teacher":
+        return record
+    cmd = [sys.executable, "-m", "iseg.cli.evaluate",
+           f"--flagfile={os.path.join('configs', 'camvid', stem)}.cfg",
+           f"--model_dir={model_dir}", f"--data_root={data_root}", "--semi_weights=student",
+           "--noprogress"]
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    folder = os.path.join(REPO, model_dir, "eval_student")
+    path = max(glob.glob(os.path.join(folder, "*_results.json")), key=os.path.getmtime)
+    with open(path, encoding="utf-8") as f:
+        scores = json.load(f)
+    record.update(student_miou=scores["miou"], student_per_class_iou=scores["per_class_iou"])
     return record
 
 
@@ -330,7 +356,40 @@ def report_tables(records, unfinished=None, rows=ROWS, comparisons=COMPARISONS):
             "| | not yet run (needs both seeds of both rows) |" if c is None else
             f"{100 * c['diff']:+.1f} | {100 * c['spread']:.1f} | "
             f"{'yes' if c['beats'] else 'no'} |"))
-    return "\n".join(lines)
+    return "\n".join(lines + student_tables(records, rows, comparisons))
+
+
+def student_tables(records, rows, comparisons):
+    """Markdown lines for the rows whose records have a student score (`student_miou`:
+    methods that evaluate an EMA teacher): teacher vs student per run, and the students
+    against the baseline; [] when there are none."""
+    students = [(label, stem, seed, records[(stem, seed)]) for label, stem, seeds in rows
+                for seed in seeds if "student_miou" in records.get((stem, seed), {})]
+    if not students:
+        return []
+    lines = ["", "EMA-teacher rows: the teacher (evaluated and reported, as the methods do) and "
+             "the student of the same final checkpoint (`python -m iseg.cli.evaluate "
+             "--flagfile=<row> --model_dir=<run> --semi_weights=student`):", "",
+             "| row | seed | teacher val mIoU | student val mIoU |", "|---|---|---|---|"]
+    lines += [f"| {label} | {seed} | {_pct(r['miou'])} | {_pct(r['student_miou'])} |"
+              for label, _, seed, r in students]
+    lines += ["", "| comparison (students) | mean difference | seed spread | beats the "
+              "baseline by more than the seed spread? |", "|---|---|---|---|"]
+    stems = {label: (stem, seeds) for label, stem, seeds in rows}
+    for method, baseline in comparisons:
+        stem, seeds = stems[method]
+        mine = [records[(stem, s)]["student_miou"] for s in seeds
+                if "student_miou" in records.get((stem, s), {})]
+        if not mine:
+            continue
+        base = [records[(stems[baseline][0], s)]["miou"] for s in stems[baseline][1]
+                if (stems[baseline][0], s) in records]
+        c = compare(mine, base)
+        lines.append(f"| {method} (student) vs {baseline} | " + (
+            "| | not yet run (needs both seeds of both rows) |" if c is None else
+            f"{100 * c['diff']:+.1f} | {100 * c['spread']:.1f} | "
+            f"{'yes' if c['beats'] else 'no'} |"))
+    return lines
 
 
 def write_doc_tables(markdown, doc, markers=MARKERS):
@@ -489,6 +548,9 @@ def main(argv=None):
                    "semi-supervised one (docs/semi_supervised.md).")
     p.add_argument("--rows", default="", help="Comma-separated flag file stems (default: all).")
     p.add_argument("--report_only", action="store_true")
+    p.add_argument("--student_scores", action="store_true",
+                   help="Evaluate the student of the finished EMA-teacher rows that have "
+                   "no student score yet (their run folders under --runs_dir), then report.")
     p.add_argument("--measure_steps", type=int, default=0,
                    help="Only time this many training steps of each row (random data).")
     p.add_argument("--measure_flags", default="",
@@ -496,7 +558,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     args.data_root = os.path.abspath(args.data_root)
     runs_dir, rows = os.path.join(REPO, args.runs_dir), TABLES[args.table][0]
-    if args.report_only:
+    if args.student_scores:
+        for (stem, seed), record in load_records(RESULTS).items():
+            if stem in {s for _, s, _ in rows} and "student_miou" not in record:
+                name = run_name(stem, seed)
+                add_student_scores(record, stem, os.path.join(args.runs_dir, name),
+                                   args.data_root)
+                with open(os.path.join(RESULTS, f"camvid_{name}.json"), "w",
+                          encoding="utf-8") as f:
+                    json.dump(record, f, indent=1)
+    if args.report_only or args.student_scores:
         return report(runs_dir=runs_dir, table=args.table)
     stems = [stem for _, stem, _ in rows]
     wanted = [r for r in args.rows.split(",") if r]

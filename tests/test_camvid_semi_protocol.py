@@ -105,7 +105,41 @@ def test_semi_report_compares_each_method_with_supervised_only(tmp_path, monkeyp
     assert "| iMAS vs supervised only (46 labeled) | | | not yet run (needs both seeds of " \
            "both rows) |" in lines
     assert not any("fcn_r18_d8" in line for line in lines)
+    assert not any("(student)" in line for line in lines)  # no EMA row has run
     assert (tmp_path / "curves.png").stat().st_size > 0
+    for seed, (teacher, student) in enumerate(((0.10, 0.34), (0.12, 0.37))):
+        record = dict(_record("semi/augseg", seed, teacher), student_miou=student)
+        (results / f"camvid_{cp.run_name('semi/augseg', seed)}.json").write_text(
+            json.dumps(record))
+    cp.report(str(results), str(tmp_path / "runs"), table="semi")
+    lines = doc.read_text().splitlines()
+    assert "| AugSeg | 1 | 12.0 | 37.0 |" in lines
+    assert "| AugSeg vs supervised only (46 labeled) | -20.0 | 2.0 | no |" in lines
+    assert "| AugSeg (student) vs supervised only (46 labeled) | +4.5 | 3.0 | yes |" in lines
+    assert not any("UniMatch (student)" in line for line in lines)
+
+
+def test_student_scores_only_for_ema_teacher_rows(tmp_path, monkeypatch):
+    calls, real_run = [], cp.subprocess.run
+
+    def fake_run(cmd, *args, **kwargs):  # what `evaluate --semi_weights=student` writes
+        if "iseg.cli.evaluate" not in cmd:
+            return real_run(cmd, *args, **kwargs)
+        calls.append(cmd)
+        folder = tmp_path / "run" / "eval_student"
+        folder.mkdir(parents=True)
+        (folder / "val_whole_step200_results.json").write_text(
+            json.dumps({"miou": 0.33, "per_class_iou": {"sky": 0.9}, "step": 200}))
+
+    monkeypatch.setattr(cp.subprocess, "run", fake_run)
+    for stem in ("semi/supervised", "semi/unimatch", "semi/cps", "fcn_r18_d8"):
+        assert cp.add_student_scores({"miou": 0.2}, stem, str(tmp_path / "run"), "d") == {
+            "miou": 0.2}
+    assert not calls
+    record = cp.add_student_scores({"miou": 0.2}, "semi/imas", str(tmp_path / "run"), "d")
+    assert record == {"miou": 0.2, "student_miou": 0.33, "student_per_class_iou": {"sky": 0.9}}
+    assert "--semi_weights=student" in calls[0] and \
+        "--flagfile=configs/camvid/semi/imas.cfg" in calls[0]
 
 
 def test_prepare_data_keeps_only_the_listed_training_images(tmp_path, monkeypatch):
