@@ -413,13 +413,13 @@ def plot_curves(records, path, unfinished=None, rows=ROWS):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for label, stem, seeds in rows:
+    for index, (label, stem, seeds) in enumerate(rows):  # a colour a row, a style a seed
         for seed in seeds:
             r = records.get((stem, seed))
             curve = r["curve"] if r else (unfinished or {}).get((stem, seed))
             if curve:
                 steps, miou = zip(*curve)
-                ax.plot(steps, [100 * m for m in miou], marker="o", ms=3,
+                ax.plot(steps, [100 * m for m in miou], marker="o", ms=3, color=f"C{index}",
                         ls=":" if r is None else "-" if seed == 0 else "--",
                         label=f"{label} (seed {seed}{'' if r else ', unfinished'})")
     ax.set(xlabel="training step", ylabel="val mIoU (%)",
