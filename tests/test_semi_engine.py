@@ -167,7 +167,6 @@ def _method_variables(engine):
 
 @pytest.mark.parametrize("semi, options", [
     ("corrmatch", {"corr_channels": 8, "num_regions": 4}),  # adaptive threshold + head
-    ("cps", {}),  # peer network
 ])
 def test_kill_and_resume_is_bit_exact_for_method_layers_state_and_peer(shapes, tmp_path, semi,
                                                                        options):
