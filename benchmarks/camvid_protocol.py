@@ -276,6 +276,12 @@ def add_student_scores(record, stem, model_dir, data_root):
 # ------------------------------------------------------------------------------- report
 
 
+def write_record(name, record, results_dir=RESULTS):
+    """Write the record of run `name` to `<results_dir>/camvid_<name>.json`."""
+    with open(os.path.join(results_dir, f"camvid_{name}.json"), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+
+
 def load_records(results_dir):
     """{(stem, seed): record} of the finished runs."""
     records = {}
@@ -294,6 +300,14 @@ def compare(method, baseline):
     diff = statistics.fmean(method) - statistics.fmean(baseline)
     spread = max(max(method) - min(method), max(baseline) - min(baseline))
     return dict(diff=diff, spread=spread, beats=diff > spread)
+
+
+def comparison_cells(c):
+    """The table cells of a `compare` result: difference, spread, verdict."""
+    if c is None:
+        return "| | not yet run (needs both seeds of both rows) |"
+    return (f"{100 * c['diff']:+.1f} | {100 * c['spread']:.1f} | "
+            f"{'yes' if c['beats'] else 'no'} |")
 
 
 def _pct(value):
@@ -351,11 +365,7 @@ def report_tables(records, unfinished=None, rows=ROWS, comparisons=COMPARISONS):
     for method, baseline in comparisons:
         scores = [[records[(stem, s)]["miou"] for s in seeds if (stem, s) in records]
                   for stem, seeds in (stems[method], stems[baseline])]
-        c = compare(*scores)
-        lines.append(f"| {method} vs {baseline} | " + (
-            "| | not yet run (needs both seeds of both rows) |" if c is None else
-            f"{100 * c['diff']:+.1f} | {100 * c['spread']:.1f} | "
-            f"{'yes' if c['beats'] else 'no'} |"))
+        lines.append(f"| {method} vs {baseline} | " + comparison_cells(compare(*scores)))
     return "\n".join(lines + student_tables(records, rows, comparisons))
 
 
@@ -384,11 +394,8 @@ def student_tables(records, rows, comparisons):
             continue
         base = [records[(stems[baseline][0], s)]["miou"] for s in stems[baseline][1]
                 if (stems[baseline][0], s) in records]
-        c = compare(mine, base)
-        lines.append(f"| {method} (student) vs {baseline} | " + (
-            "| | not yet run (needs both seeds of both rows) |" if c is None else
-            f"{100 * c['diff']:+.1f} | {100 * c['spread']:.1f} | "
-            f"{'yes' if c['beats'] else 'no'} |"))
+        lines.append(f"| {method} (student) vs {baseline} | "
+                     + comparison_cells(compare(mine, base)))
     return lines
 
 
@@ -564,9 +571,7 @@ def main(argv=None):
                 name = run_name(stem, seed)
                 add_student_scores(record, stem, os.path.join(args.runs_dir, name),
                                    args.data_root)
-                with open(os.path.join(RESULTS, f"camvid_{name}.json"), "w",
-                          encoding="utf-8") as f:
-                    json.dump(record, f, indent=1)
+                write_record(name, record)
     if args.report_only or args.student_scores:
         return report(runs_dir=runs_dir, table=args.table)
     stems = [stem for _, stem, _ in rows]
@@ -594,8 +599,7 @@ def main(argv=None):
         record = run_row(stem, seed, args)
         if record is None:
             continue
-        with open(os.path.join(RESULTS, f"camvid_{name}.json"), "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1)
+        write_record(name, record)
         print(f"{time.strftime('%H:%M:%S')} {name}: val mIoU {_pct(record['miou'])} (best "
               f"{_pct(record['best_miou'])}), {record['wall_s'] / 60:.1f} min wall, "
               f"{record['cpu_s'] / 60:.1f} CPU min", flush=True)
