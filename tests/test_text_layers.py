@@ -87,7 +87,27 @@ def test_decoder_teacher_forcing_shapes_and_causality():
     assert not np.allclose(np.asarray(logits)[:, 2], np.asarray(logits2)[:, 2])
 
 
+@pytest.mark.parametrize("pooling,units", [("avg", 0), ("max", 0), ("avg", 7)])
+def test_decoder_classifier_reads_pooled_state_and_context(pooling, units):
+    rng = np.random.default_rng(4)
+    dec = FocusedAttentionDecoder(5, filters=4, attention_units=3, embed_dim=2,
+                                  pooling=pooling, classifier_units=units)
+    features = rng.normal(size=(2, 3, 6, 7)).astype("float32")
+    dec.build(features.shape)
+    constants, state = dec.start(features)
+    logits, alpha, (h, _, _) = dec.step(np.array([5, 2], "int32"), constants, state)
+    h, alpha = np.asarray(h), np.asarray(alpha)
+    pooled = h.mean(axis=(1, 2)) if pooling == "avg" else h.max(axis=(1, 2))
+    read = np.concatenate([pooled, (features * alpha[..., None]).sum(axis=(1, 2))], axis=-1)
+    if units:
+        w1, b1 = (np.asarray(v) for v in dec.hidden.weights)
+        read = np.maximum(read @ w1 + b1, 0)
+    w2, b2 = (np.asarray(v) for v in dec.classifier.weights)
+    np.testing.assert_allclose(np.asarray(logits), read @ w2 + b2, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("cls,options", [(FACLSTM, FAC), (FACLSTM, dict(FAC, encoder="resnet")),
+                                         (FACLSTM, dict(FAC, classifier_units=8)),
                                          (CRNN, dict(TINY, hidden=6, num_layers=1))])
 def test_model_outputs_loss_and_keras_round_trip(cls, options, tmp_path):
     rng = np.random.default_rng(3)

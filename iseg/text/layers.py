@@ -184,11 +184,12 @@ class FocusedAttentionDecoder(keras.layers.Layer):
     logits over `num_classes` (0 = end of word) from `[pool(H_t), sum(alpha_t F')]`.
     The start symbol is id `num_classes`. `call(features, prev_tokens)` is teacher forcing
     (`prev_tokens` `[N, T]`); `start` / `step` drive greedy and beam search.
+    `classifier_units` > 0 puts a hidden ReLU layer of that width before the logits.
     """
 
     def __init__(self, num_classes, filters=64, attention_units=64, embed_dim=32,
                  kernel_size=3, pooling="avg", coordinates=True, coverage_kernel=(3, 9),
-                 **kwargs):
+                 classifier_units=0, **kwargs):
         super().__init__(**kwargs)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -207,6 +208,10 @@ class FocusedAttentionDecoder(keras.layers.Layer):
         self.attention = FocusedAttention(attention_units, kernel_size, coordinates,
                                           coverage_kernel, name="attention", **dt)
         self.cell = ConvLSTMCell(filters, kernel_size, name="cell", **dt)
+        self.classifier_units = int(classifier_units)
+        self.hidden = keras.layers.Dense(self.classifier_units, activation="relu",
+                                         name="classifier_hidden", **dt) \
+            if self.classifier_units > 0 else None
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier", **dt)
 
     @property
@@ -220,7 +225,11 @@ class FocusedAttentionDecoder(keras.layers.Layer):
         keys = tuple(feature_shape[:-1]) + (self.attention_units,)
         self.attention.build(keys, hidden, feature_shape)
         self.cell.build(feature_shape)
-        self.classifier.build((None, self.filters + int(feature_shape[-1])))
+        width = self.filters + int(feature_shape[-1])
+        if self.hidden is not None:
+            self.hidden.build((None, width))
+            width = self.classifier_units
+        self.classifier.build((None, width))
         self.built = True
 
     def start(self, features):
@@ -238,7 +247,8 @@ class FocusedAttentionDecoder(keras.layers.Layer):
         coverage = coverage + alpha
         pooled = ops.mean(h, axis=(1, 2)) if self.pooling == "avg" else ops.max(h, axis=(1, 2))
         context = ops.sum(features * alpha[..., None], axis=(1, 2))
-        logits = self.classifier(ops.concatenate([pooled, context], axis=-1))
+        read = ops.concatenate([pooled, context], axis=-1)
+        logits = self.classifier(read if self.hidden is None else self.hidden(read))
         return logits, alpha, (h, c, coverage)
 
     def call(self, features, prev_tokens):
@@ -256,5 +266,6 @@ class FocusedAttentionDecoder(keras.layers.Layer):
                       attention_units=self.attention_units, embed_dim=self.embed_dim,
                       kernel_size=self.kernel_size, pooling=self.pooling,
                       coordinates=self.coordinates,
-                      coverage_kernel=self.attention.get_config()["coverage_kernel"])
+                      coverage_kernel=self.attention.get_config()["coverage_kernel"],
+                      classifier_units=self.classifier_units)
         return config

@@ -105,14 +105,15 @@ class FACLSTM(TextRecognizer):
     `attention_units`, `embed_dim`, `kernel_size` (ConvLSTM and attention convs),
     `pooling` of the hidden state for the classifier ("avg" / "max"), `focus` how the
     centre mask M enters ("residual": F(1+M), "multiply": FM, "none"), `mask_filters`,
-    `mask_loss_weight` (BCE of the mask), `ce_weight` (per-step cross-entropy).
+    `mask_loss_weight` (BCE of the mask), `ce_weight` (per-step cross-entropy),
+    `classifier_units` (a hidden ReLU layer of that width before the logits; 0: linear).
     """
 
     loss_names = ("ce", "mask", "attention")
 
     def __init__(self, decoder_filters=64, attention_units=64, embed_dim=32, kernel_size=3,
                  pooling="avg", coordinates=True, coverage_kernel=(3, 9), focus="residual",
-                 mask_filters=32,
+                 mask_filters=32, classifier_units=0,
                  mask_loss_weight=1.0, attention_loss_weight=1.0, ce_weight=1.0, **kwargs):
         super().__init__(**kwargs)
         focus_features(0.0, 0.0, focus)  # validates the mode
@@ -124,7 +125,8 @@ class FACLSTM(TextRecognizer):
                                             dtype=self.dtype_policy)
         self.decoder = FocusedAttentionDecoder(
             self.num_classes, decoder_filters, attention_units, embed_dim, kernel_size,
-            pooling, coordinates, coverage_kernel, name="decoder", dtype=self.dtype_policy)
+            pooling, coordinates, coverage_kernel, classifier_units, name="decoder",
+            dtype=self.dtype_policy)
 
     def build(self, input_shape):
         shape = tuple(input_shape["images"] if isinstance(input_shape, dict) else input_shape)
@@ -235,6 +237,7 @@ class FACLSTM(TextRecognizer):
                       embed_dim=d.embed_dim, kernel_size=d.kernel_size, pooling=d.pooling,
                       coordinates=d.coordinates,
                       coverage_kernel=d.get_config()["coverage_kernel"], focus=self.focus,
+                      classifier_units=d.classifier_units,
                       mask_filters=self.mask_branch.filters,
                       mask_loss_weight=self.mask_loss_weight,
                       attention_loss_weight=self.attention_loss_weight,
