@@ -2,6 +2,7 @@
 
     python benchmarks/text_step.py                  # the demo's FACLSTM, batch 32
     python benchmarks/text_step.py --rounds=10 --model_options="decoder_filters=32"
+    python benchmarks/text_step.py --xla=false --against="<other model options>"
 
 Renders a few synthetic words (into --data_dir, once), takes one training batch of the text
 pipeline and times the trainer's step (model(x, training=True) -> compute_loss -> gradients
@@ -10,6 +11,8 @@ step, and XLA on the decoder's loop only (the ConvLSTM decoder's call jit-compil
 untimed warm-up steps (tracing / compiling) the forms run interleaved, one step each per
 round, so a change of machine load hits all of them alike. Prints the median CPU time
 (time.process_time, all threads) and wall time per step and the ratios plain / form.
+`--against` adds the plain step of a model with other options (e.g. an earlier demo's) to
+the rounds; `--xla=false` leaves out the two compiled forms.
 """
 
 import argparse
@@ -29,8 +32,17 @@ from iseg.text.models import build_text_model  # noqa: E402
 from iseg.text.pipeline import build_text_dataset  # noqa: E402
 from iseg.training.optimizers import build_optimizer, prepare_optimizer  # noqa: E402
 
-DEMO_OPTIONS = ("decoder_filters=32,attention_units=32,encoder_options={'stages':((32,1,(2,2)),"
-                "(64,1,(2,2)),(96,2,(2,1)),(64,1,(1,1)))}")
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs", "text", "faclstm_synth.cfg")
+
+
+def demo_options():
+    """The text demo's `--text_model_options` (read from its flag file)."""
+    with open(DEMO_CONFIG) as f:
+        for line in f:
+            if line.startswith("--text_model_options="):
+                return line.strip().split("=", 1)[1]
+    raise ValueError(f"{DEMO_CONFIG}: no --text_model_options line")
 
 
 def one_batch(data_dir, batch, max_length, size):
@@ -70,17 +82,24 @@ def build(args, decoder_jit=False):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="faclstm")
-    p.add_argument("--model_options", default=DEMO_OPTIONS)
+    p.add_argument("--model_options", default=demo_options())
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max_length", type=int, default=10)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--data_dir", default="/tmp/iseg_text_step_data")
+    p.add_argument("--against", default=None,
+                   help="Model options of a second plain step timed in the same rounds.")
+    p.add_argument("--xla", default="true", choices=("true", "false"))
     args = p.parse_args()
     x, y = one_batch(args.data_dir, args.batch, args.max_length, (32, 100))
-    forms = {"plain": make_step(*build(args), jit_compile=False),
-             "xla step": make_step(*build(args), jit_compile=True),
-             "xla decoder": make_step(*build(args, decoder_jit=True), jit_compile=False)}
+    forms = {"plain": make_step(*build(args), jit_compile=False)}
+    if args.against is not None:
+        other = argparse.Namespace(**dict(vars(args), model_options=args.against))
+        forms["against"] = make_step(*build(other), jit_compile=False)
+    if args.xla == "true":
+        forms["xla step"] = make_step(*build(args), jit_compile=True)
+        forms["xla decoder"] = make_step(*build(args, decoder_jit=True), jit_compile=False)
     for name, step in list(forms.items()):
         t0 = time.perf_counter()
         try:

@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -78,7 +79,8 @@ def test_text_configs_resolve():
     from absl import flags
 
     from iseg.cli import flags as iflags
-    from iseg.cli.text import define_text_flags
+    from iseg.cli.text import define_text_flags, text_options
+    from iseg.text.train import make_model_fn
 
     iflags.define_train_flags()
     define_text_flags()
@@ -89,6 +91,10 @@ def test_text_configs_resolve():
         cfg = iflags.config_from_flags(argv)
         assert flags.FLAGS.task == "text" and flags.FLAGS.text_model == name.split("_")[0]
         assert cfg.model_dir == f"runs/{name}" and cfg.crop_size == (32, 100)
+        # the flag file's model options build the network and it reads a crop
+        model = make_model_fn(text_options(), cfg.crop_size)()
+        tokens, scores = model.recognize(np.zeros((2, 32, 100, 1), "float32"))
+        assert tokens.shape[0] == 2 and scores.shape == (2,)
     flags.FLAGS.unparse_flags()
 
 

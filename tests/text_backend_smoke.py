@@ -16,7 +16,7 @@ TINY = dict(max_length=4, image_size=(16, 24), encoder_options=dict(
     stages=((4, 1, (2, 2)), (8, 1, (2, 1)))))
 MODELS = {
     "faclstm": (FACLSTM, dict(decoder_filters=6, attention_units=5, embed_dim=3,
-                              mask_filters=4)),
+                              mask_filters=4, classifier_units=7)),
     "crnn": (CRNN, dict(hidden=6, num_layers=1, encoder="resnet")),
 }
 
