@@ -100,7 +100,7 @@ def test_decoder_classifier_reads_pooled_state_and_context(pooling, units):
     pooled = h.mean(axis=(1, 2)) if pooling == "avg" else h.max(axis=(1, 2))
     read = np.concatenate([pooled, (features * alpha[..., None]).sum(axis=(1, 2))], axis=-1)
     if units:
-        w1, b1 = (np.asarray(v) for v in dec.hidden.weights)
+        w1, b1 = (np.asarray(v) for v in dec.classifier_hidden.weights)
         read = np.maximum(read @ w1 + b1, 0)
     w2, b2 = (np.asarray(v) for v in dec.classifier.weights)
     np.testing.assert_allclose(np.asarray(logits), read @ w2 + b2, rtol=1e-5, atol=1e-5)
@@ -160,6 +160,8 @@ def test_unknown_model_and_charset_errors():
     with pytest.raises(ValueError, match="Unknown text model 'lstm'. Valid text models: crnn, "
                                          "faclstm"):
         build_text_model("lstm")
+    with pytest.raises(ValueError, match="classifier_units must be >= 0, got -3"):
+        build_text_model("faclstm", classifier_units=-3)
     with pytest.raises(ValueError, match="repeated characters 'a'"):
         Charset("abca")
     with pytest.raises(ValueError, match="characters '#' are not in the charset"):

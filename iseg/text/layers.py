@@ -209,9 +209,10 @@ class FocusedAttentionDecoder(keras.layers.Layer):
                                           coverage_kernel, name="attention", **dt)
         self.cell = ConvLSTMCell(filters, kernel_size, name="cell", **dt)
         self.classifier_units = int(classifier_units)
-        self.hidden = keras.layers.Dense(self.classifier_units, activation="relu",
-                                         name="classifier_hidden", **dt) \
-            if self.classifier_units > 0 else None
+        if self.classifier_units < 0:
+            raise ValueError(f"classifier_units must be >= 0, got {classifier_units!r}")
+        self.classifier_hidden = None if self.classifier_units == 0 else keras.layers.Dense(
+            self.classifier_units, activation="relu", name="classifier_hidden", **dt)
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier", **dt)
 
     @property
@@ -226,8 +227,8 @@ class FocusedAttentionDecoder(keras.layers.Layer):
         self.attention.build(keys, hidden, feature_shape)
         self.cell.build(feature_shape)
         width = self.filters + int(feature_shape[-1])
-        if self.hidden is not None:
-            self.hidden.build((None, width))
+        if self.classifier_hidden is not None:
+            self.classifier_hidden.build((None, width))
             width = self.classifier_units
         self.classifier.build((None, width))
         self.built = True
@@ -248,7 +249,9 @@ class FocusedAttentionDecoder(keras.layers.Layer):
         pooled = ops.mean(h, axis=(1, 2)) if self.pooling == "avg" else ops.max(h, axis=(1, 2))
         context = ops.sum(features * alpha[..., None], axis=(1, 2))
         read = ops.concatenate([pooled, context], axis=-1)
-        logits = self.classifier(read if self.hidden is None else self.hidden(read))
+        if self.classifier_hidden is not None:
+            read = self.classifier_hidden(read)
+        logits = self.classifier(read)
         return logits, alpha, (h, c, coverage)
 
     def call(self, features, prev_tokens):
