@@ -98,6 +98,21 @@ def test_text_configs_resolve():
     flags.FLAGS.unparse_flags()
 
 
+def test_bad_text_model_options_fail_in_one_line():
+    from iseg.cli.flags import CliError
+    from iseg.cli.text import check_text_model
+    from iseg.text.train import TextOptions
+
+    for options, message in [(dict(classifier_units=-1), "classifier_units must be >= 0"),
+                             (dict(focus="bad"), "focus must be one of"),
+                             (dict(decoder_filter=8), "Unrecognized keyword arguments "
+                                                      "passed to FACLSTM: {'decoder_filter'")]:
+        with pytest.raises(CliError, match=f"^--text_model=faclstm --text_model_options: .*"
+                                           f"{message}"):
+            check_text_model(TextOptions(model_options=options), (32, 100))
+    check_text_model(TextOptions(model_options=dict(classifier_units=8)), (32, 100))
+
+
 def _evaluate(root, name, *flags):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run([sys.executable, "-m", "iseg.cli.evaluate",

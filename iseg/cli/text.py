@@ -164,6 +164,17 @@ def prepare_synth(cfg, text):
                            options=options, seed=cfg.seed, num_workers=FLAGS.synth_workers)
 
 
+def check_text_model(text, image_size):
+    """Fail fast, in one line, when --text_model_options do not make a model."""
+    from iseg.text.train import make_model_fn  # pylint: disable=import-outside-toplevel
+
+    try:
+        make_model_fn(text, image_size)()
+    except (TypeError, ValueError) as e:
+        raise flags_lib.CliError(f"--text_model={text.model} --text_model_options: {e}") \
+            from None
+
+
 def _after_training(cfg):
     def fn(model, result):
         from iseg.export import save_keras  # pylint: disable=import-outside-toplevel
@@ -181,6 +192,7 @@ def main(cfg):
     from iseg.text.train import train_text  # pylint: disable=import-outside-toplevel
 
     text = text_options()
+    check_text_model(text, cfg.crop_size)
     prepare_synth(cfg, text)
     result = train_text(cfg, text, after_training=_after_training(cfg))
     if result["is_chief"]:
