@@ -21,9 +21,10 @@ the per-round ratios (ours / theirs: below 1 is faster). Sections:
 5. mfu: the whole training step of the self-attention R50-D8 + CAR model, FLOPs per step
    (3 x the training-mode forward, `iseg.benchmark`'s count) / time, against the machine's
    3x3-convolution forward + backward rate, timed interleaved with the steps (MFU per
-   round); "after" computes the dilated convolutions with `iseg.ops.atrous_conv` (the
-   library default), "before" with Keras's dilated convolution (the same model and
-   weights, traced separately);
+   round); "after" is the library default (dilated convolutions by
+   `iseg.ops.atrous_conv`, batch norm by TensorFlow's fused kernel), "keras_bn" the same
+   with Keras's unfused batch norm, "before" with Keras's dilated convolution and batch
+   norm (the same model and weights, each traced separately);
 6. dilated (only when named in `--sections`): one dilated 3x3 conv forward + backward,
    Keras's conv vs `iseg.ops.atrous_conv`'s matmul per tap, at the shapes of R50-D8's last
    two stages (`DILATED_SHAPES`).
@@ -51,7 +52,7 @@ import iseg.ops  # noqa: E402
 from iseg import benchmark  # noqa: E402
 from iseg.backbones import build_backbone  # noqa: E402
 from iseg.layers import ASPP, ChannelizedAxialAttention, KernelSharingASPP  # noqa: E402
-from iseg.layers.conv_bn_act import Conv2D  # noqa: E402
+from iseg.layers.conv_bn_act import BatchNormalization, Conv2D  # noqa: E402
 from iseg.models import build_model_from_name  # noqa: E402
 
 TARGETS = {"backbone": 1.05, "car": 1.05}
@@ -232,28 +233,36 @@ def section_ksac(quick, size, batch, repeats):
             "batch": batch, **out, "times": times, "ratio_train": ratio(times, "ksac", "aspp")}
 
 
-def _traced(step, x, y, keras_dilated):
+# mfu variants: (dilated convs as Keras computes them, batch norm as Keras computes it)
+MFU_VARIANTS = {"after": (False, False), "keras_bn": (False, True), "before": (True, True)}
+
+
+def _traced(step, x, y, keras_dilated, keras_bn):
     """Trace `step` once; with `keras_dilated` our dilated Conv2D layers run Keras's own
-    dilated convolution instead of `iseg.ops.atrous_conv`."""
-    original = Conv2D.convolution_op
+    dilated convolution instead of `iseg.ops.atrous_conv`; with `keras_bn` our
+    BatchNormalization layers run Keras's unfused code instead of the fused kernel."""
+    originals = Conv2D.convolution_op, BatchNormalization.call
     if keras_dilated:
         Conv2D.convolution_op = keras.layers.Conv2D.convolution_op
+    if keras_bn:
+        BatchNormalization.call = keras.layers.BatchNormalization.call
     try:
         return step.get_concrete_function(x, y)
     finally:
-        Conv2D.convolution_op = original
+        Conv2D.convolution_op, BatchNormalization.call = originals
 
 
 def section_mfu(quick, size, batch, repeats, conv_shape):
-    """MFU of the self-attention R50-D8 + CAR training step, dilated convs both ways."""
+    """MFU of the self-attention R50-D8 + CAR training step: ours ("after"), with Keras's
+    batch norm ("keras_bn"), and with Keras's dilated conv and batch norm ("before")."""
     x, y = _seg_data(size, batch)
     model = seg_model(quick, car=True)
     macs = benchmark.model_macs(model, (size, size, 3), training=True)
     step_flops = 3 * 2 * macs * batch
     fns = {}
-    for name, keras_dilated in (("after", False), ("before", True)):
+    for name, (keras_dilated, keras_bn) in MFU_VARIANTS.items():
         concrete = _traced(benchmark.make_train_step(model, _sgd(), benchmark.segmentation_loss),
-                           x, y, keras_dilated)
+                           x, y, keras_dilated, keras_bn)
         fns[name] = _timed(concrete, x, y)
     conv_size, channels = conv_shape
     conv_flops = 3 * 2 * conv_size * conv_size * channels * channels * 9
@@ -261,11 +270,12 @@ def section_mfu(quick, size, batch, repeats, conv_shape):
     times = interleaved(fns, repeats)
     out = {"model": "nl_resnet50_d8 + CAR", "size": size, "batch": batch,
            "flops_per_step": step_flops, "conv3x3_fwd_bwd_flops": conv_flops, "times": times}
-    for name in ("after", "before"):  # per round: (FLOPs / step time) / (conv FLOPs / conv time)
+    for name in MFU_VARIANTS:  # per round: (FLOPs / step time) / (conv FLOPs / conv time)
         out[f"mfu_{name}"] = statistics.median(
             step_flops * c / (conv_flops * t) for t, c in
             zip(times[name]["runs_s"], times["conv3x3_fwd_bwd"]["runs_s"]))
     out["speedup"] = 1 / ratio(times, "after", "before")
+    out["speedup_fused_bn"] = 1 / ratio(times, "after", "keras_bn")
     return out
 
 
@@ -406,8 +416,10 @@ def summary(name, section):
         return (f"KSAC / ASPP: params {ksac['params'] / aspp['params']:.3f}, MACs "
                 f"{ksac['macs_per_image'] / aspp['macs_per_image']:.3f}, "
                 f"train {section['ratio_train']:.3f}")
-    return (f"MFU after {section['mfu_after']:.3f}, before "
-            f"{section['mfu_before']:.3f} (speed-up {section['speedup']:.2f}x)")
+    return (f"MFU after {section['mfu_after']:.3f}, with Keras's batch norm "
+            f"{section['mfu_keras_bn']:.3f}, before {section['mfu_before']:.3f} (speed-up "
+            f"{section['speedup']:.2f}x, of which the fused batch norm "
+            f"{section['speedup_fused_bn']:.2f}x)")
 
 
 def main(argv=None):

@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from iseg.cli.flags import parse_options  # noqa: E402
+from iseg.cli.flags import expand_flagfiles, parse_options  # noqa: E402
 from iseg.text import records, synth  # noqa: E402
 from iseg.text.charset import ALPHANUMERIC, Charset  # noqa: E402
 from iseg.text.models import build_text_model  # noqa: E402
@@ -37,12 +37,13 @@ DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 
 def demo_options():
-    """The text demo's `--text_model_options` (read from its flag file)."""
-    with open(DEMO_CONFIG) as f:
-        for line in f:
-            if line.startswith("--text_model_options="):
-                return line.strip().split("=", 1)[1]
-    raise ValueError(f"{DEMO_CONFIG}: no --text_model_options line")
+    """The text demo's `--text_model_options` (its flag file, nested flag files expanded;
+    the last one given wins, as for train.py)."""
+    values = [arg.split("=", 1)[1] for arg in expand_flagfiles(["", f"--flagfile={DEMO_CONFIG}"])
+              if arg.startswith("--text_model_options=")]
+    if not values:
+        raise ValueError(f"{DEMO_CONFIG}: no --text_model_options")
+    return values[-1]
 
 
 def one_batch(data_dir, batch, max_length, size):

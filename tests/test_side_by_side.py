@@ -43,6 +43,28 @@ def test_quick_layer_sections_write_timings_ratios_and_the_machine(tmp_path):
     assert result["dilated"]["9x9x8 rate 4"]["phase_size"] == 3
 
 
+def test_mfu_variants_trace_the_kernels_they_name():
+    import keras
+
+    from iseg import benchmark
+
+    sbs = _script()
+    x, y = sbs._seg_data(33, 1)
+    model = sbs.seg_model(True, car=True)
+    found = {}
+    for name, (keras_dilated, keras_bn) in sbs.MFU_VARIANTS.items():
+        step = benchmark.make_train_step(model, sbs._sgd(), benchmark.segmentation_loss)
+        graph = sbs._traced(step, x, y, keras_dilated, keras_bn).graph
+        ops = {op.type for op in graph.get_operations()}
+        for f in graph.as_graph_def().library.function:  # the gradient's and the layers' bodies
+            ops |= {node.op for node in f.node_def}
+        found[name] = ("FusedBatchNormV3" in ops, "SpaceToBatchND" in ops)
+    assert found == {"after": (True, False), "keras_bn": (False, False), "before": (False, True)}
+    norms = [layer for layer in model._flatten_layers()
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(type(layer) is sbs.BatchNormalization for layer in norms)
+
+
 @pytest.mark.slow
 def test_quick_run_of_every_section_and_the_plot(tmp_path):
     png = tmp_path / "sizes.png"
@@ -50,8 +72,25 @@ def test_quick_run_of_every_section_and_the_plot(tmp_path):
     assert set(result["backbones"]) == {"resnet50", "convnext_tiny"}
     assert [s["size"] for s in result["sizes"]] == [32, 40]
     mfu = result["mfu"]
-    assert set(mfu["times"]) == {"after", "before", "conv3x3_fwd_bwd"}
+    assert set(mfu["times"]) == {"after", "keras_bn", "before", "conv3x3_fwd_bwd"}
     assert mfu["mfu_after"] == pytest.approx(
         mfu["flops_per_step"] / mfu["times"]["after"]["runs_s"][0]
         / (mfu["conv3x3_fwd_bwd_flops"] / mfu["times"]["conv3x3_fwd_bwd"]["runs_s"][0]))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_op_profile_sums_kernel_time_by_op_type(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "op_profile", os.path.join(ROOT, "benchmarks", "op_profile.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found = {}
+    for variant in ("after", "keras_bn"):
+        out = tmp_path / f"{variant}.json"
+        module.main(["--quick", f"--variant={variant}", f"--output={out}"])
+        per_step = json.loads(out.read_text())["seconds_per_step"]
+        assert sum(per_step.values()) > 0 and min(per_step.values()) >= 0
+        assert not set(per_step) & module.NOT_OPS
+        assert any("Conv2DBackpropFilter" in op for op in per_step)  # kernels of the backward
+        found[variant] = any("FusedBatchNorm" in op for op in per_step)
+    assert found == {"after": True, "keras_bn": False}

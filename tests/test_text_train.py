@@ -98,6 +98,25 @@ def test_text_configs_resolve():
     flags.FLAGS.unparse_flags()
 
 
+def test_text_step_benchmark_reads_the_demo_options_as_train_py_does(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("text_step", REPO / "benchmarks" / "text_step.py")
+    text_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(text_step)
+    assert "classifier_units=256" in text_step.demo_options()  # the shipped demo config
+    inner, outer = tmp_path / "inner.cfg", tmp_path / "outer.cfg"
+    inner.write_text("--text_model_options=decoder_filters=8\n--steps=3\n")
+    outer.write_text(f"--flagfile={inner}\n--text_model_options=decoder_filters=16\n")
+    monkeypatch.setattr(text_step, "DEMO_CONFIG", str(outer))
+    assert text_step.demo_options() == "decoder_filters=16"  # the later one wins
+    outer.write_text(f"--flagfile={inner}\n")
+    assert text_step.demo_options() == "decoder_filters=8"  # from the nested file
+    inner.write_text("--steps=3\n")
+    with pytest.raises(ValueError, match="no --text_model_options"):
+        text_step.demo_options()
+
+
 def test_bad_text_model_options_fail_in_one_line():
     from iseg.cli.flags import CliError
     from iseg.cli.text import check_text_model

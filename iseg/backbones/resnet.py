@@ -19,7 +19,7 @@ import keras
 from keras import ops
 
 from iseg.backbones.common import DropPath, linear_drop_rates, out_size, pad_hw
-from iseg.layers.conv_bn_act import conv2d
+from iseg.layers.conv_bn_act import BatchNormalization, conv2d
 
 DEPTHS = {
     18: ("basic", (2, 2, 2, 2)),
@@ -56,7 +56,7 @@ def _apply(conv, x):
 
 
 def _bn(momentum, epsilon, dtype, name):
-    return keras.layers.BatchNormalization(
+    return BatchNormalization(
         momentum=momentum, epsilon=epsilon, dtype=dtype, name=name
     )
 

@@ -24,6 +24,44 @@ class Conv2D(keras.layers.Conv2D):
         return super().convolution_op(inputs, kernel)
 
 
+@keras.saving.register_keras_serializable(package="iseg")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` whose training-mode call on the TensorFlow backend
+    runs TensorFlow's fused kernel (one `FusedBatchNormV3` op forward and one backward,
+    instead of Keras's separate moments, normalisation and gradient ops) for a 4-D
+    channels-last input without a mask, renorm or synchronised statistics. Output,
+    gradients and moving statistics are Keras's up to float32 rounding; every other case,
+    and the other backends, run Keras's code. It keeps the class name, so weight files of
+    either class load into the other (see `Conv2D`)."""
+
+    def call(self, inputs, training=None, mask=None):
+        if (training and self.trainable and mask is None and not self.renorm
+                and not self.synchronized and len(inputs.shape) == 4
+                and self.axis in (-1, 3) and keras.backend.backend() == "tensorflow"):
+            return self._fused_training_call(inputs)
+        return super().call(inputs, training=training, mask=mask)
+
+    def _fused_training_call(self, inputs):
+        import tensorflow as tf
+
+        x = tf.cast(inputs, "float32")  # statistics in float32, as Keras computes them
+        channels = x.shape[-1:]
+        gamma = tf.cast(self.gamma, x.dtype) if self.scale else tf.ones(channels, x.dtype)
+        beta = tf.cast(self.beta, x.dtype) if self.center else tf.zeros(channels, x.dtype)
+        empty = tf.zeros([0], x.dtype)
+        y, mean, variance = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,
+            data_format="NHWC", is_training=True)[:3]
+        # The kernel returns the unbiased batch variance (n / (n - 1), or 1 when n == 1);
+        # Keras's moving variance follows the biased one it normalises with.
+        n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
+        variance = variance * (tf.maximum(n - 1.0, 1.0) / n)
+        for moving, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving.assign(moving * self.momentum
+                          + tf.cast(value, moving.dtype) * (1.0 - self.momentum))
+        return tf.cast(y, self.compute_dtype)
+
+
 def conv2d(filters, kernel_size, dilation_rate=1, **kwargs):
     """A `keras.layers.Conv2D`, or the `Conv2D` above when it is dilated."""
     rates = (dilation_rate,) * 2 if isinstance(dilation_rate, int) else tuple(dilation_rate)
@@ -83,7 +121,7 @@ class ConvBNAct(keras.layers.Layer):
         else:
             self.conv = conv2d(filters, kernel_initializer=kernel_initializer, **common)
         self.bn = (
-            keras.layers.BatchNormalization(
+            BatchNormalization(
                 momentum=bn_momentum, epsilon=bn_epsilon, dtype=self.dtype_policy, name="bn"
             )
             if use_bn

@@ -13,7 +13,7 @@ from keras import ops
 
 import iseg.ops
 
-from iseg.layers.conv_bn_act import ConvBlock, ConvBNAct, ImageLevel
+from iseg.layers.conv_bn_act import BatchNormalization, ConvBlock, ConvBNAct, ImageLevel
 
 FUSIONS = ("concat", "sum")
 
@@ -60,7 +60,7 @@ class KernelSharingASPP(ConvBlock):
                              if image_pooling else None)
         self.pixel_branch = ConvBNAct(filters, 1, name="conv_1x1", **norm) if pixel_level else None
         self.rate_bns = [
-            keras.layers.BatchNormalization(
+            BatchNormalization(
                 momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype_policy,
                 name=f"bn_rate_{r}",
             )

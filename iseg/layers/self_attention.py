@@ -17,6 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from iseg.layers.conv_bn_act import BatchNormalization
 from iseg.ops import spatial_shape
 
 
@@ -187,7 +188,7 @@ class NonLocal2d(keras.layers.Layer):
             channels, 1, use_bias=False, kernel_initializer=init, dtype=self.dtype_policy,
             name="out_conv",
         )
-        self.out_bn = keras.layers.BatchNormalization(
+        self.out_bn = BatchNormalization(
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
             gamma_initializer="zeros",
