@@ -36,7 +36,7 @@ NOT_OPS = {"Process", "ExecutorDoneCallback", "ParallelFor", "ExecutorState::Pro
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--size", type=int, default=257, help="input size (square)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=2, help="profiled steps (after 2 untimed)")

@@ -347,7 +347,7 @@ def plot_sizes(results, path):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--output", required=True, help="JSON file to write")
     p.add_argument("--quick", action="store_true", help="tiny stand-ins: a smoke test")
     p.add_argument("--repeats", type=int, default=5)
