@@ -26,7 +26,7 @@ the per-round ratios (ours / theirs: below 1 is faster). Sections:
    with Keras's unfused batch norm, "before" with Keras's dilated convolution and batch
    norm (the same model and weights, each traced separately);
 6. dilated (only when named in `--sections`): one dilated 3x3 conv forward + backward,
-   Keras's conv vs `iseg.ops.atrous_conv`'s matmul per tap, at the shapes of R50-D8's last
+   Keras's conv vs `iseg.ops.atrous_conv`'s taps' matmul, at the shapes of R50-D8's last
    two stages (`DILATED_SHAPES`).
 
 `--quick` runs every section with tiny stand-ins (narrow networks, tiny inputs, our own
@@ -285,7 +285,7 @@ DILATED_SHAPES = ((33, 256, 2), (33, 512, 4), (33, 512, 8), (33, 512, 16),
 
 def section_dilated(quick, batch, repeats):
     """A dilated 3x3 conv (C -> C, 'same'), forward + backward (input and kernel gradients):
-    Keras's `keras.ops.conv` vs `iseg.ops.atrous_conv`'s matmul per tap, for the feature
+    Keras's `keras.ops.conv` vs `iseg.ops.atrous_conv`'s taps' matmul, for the feature
     sizes, channels and rates of R50-D8's last two stages at 257 and 513 inputs."""
     out = {}
     for size, channels, rate in ((9, 8, 2), (9, 8, 4)) if quick else DILATED_SHAPES:

@@ -85,8 +85,8 @@ _conv = ops.conv
 _matmul = ops.matmul
 
 # A dilated conv whose rate x rate phase sub-images are at least this many pixels on each
-# side runs as Keras's own dilated conv; smaller ones as one matmul per kernel tap (measured
-# in docs/benchmarks.md: the taps are faster below 8, slower above, on both TF CPU paths).
+# side runs as Keras's own dilated conv; smaller ones as one matmul over the kernel taps'
+# shifted inputs (measured in docs/benchmarks.md: faster below 8 on both TF CPU paths).
 MIN_PHASE_SIZE = 8
 
 
@@ -99,16 +99,20 @@ def _valid_taps(size, rate, kernel_size):
 
 
 def _taps_conv(x, kernel, rate):
-    """Dilated 'same' conv as a sum of one matmul per kernel tap over shifted inputs."""
+    """Dilated 'same' conv as one matmul: the kernel taps' shifted inputs side by side
+    (`[N*H*W, kh*kw*C]`) times the kernel as a `[kh*kw*C, C']` matrix."""
     n, h, w, c = x.shape
     kh, kw = kernel.shape[:2]
     ph, pw = rate * (kh // 2), rate * (kw // 2)
     x = ops.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
-    y = 0
-    for i in range(kh):
-        for j in range(kw):
-            tap = x[:, i * rate:i * rate + h, j * rate:j * rate + w]
-            y = y + _matmul(ops.reshape(tap, (-1, c)), kernel[i, j])
+    # `ops.slice`, not `x[...]`: TensorFlow's gradient of a slice is a pad, of a strided
+    # slice its much slower `StridedSliceGrad` (a third of a CamVid step's kernel time)
+    size = (-1 if n is None else n, h, w, c)
+    taps = [ops.slice(x, (0, i * rate, j * rate, 0), size)
+            for i in range(kh) for j in range(kw)]
+    # one matmul over the taps side by side (kernel rows in the same tap-major order)
+    cols = ops.reshape(ops.concatenate(taps, axis=-1), (-1, kh * kw * c))
+    y = _matmul(cols, ops.reshape(kernel, (kh * kw * c, -1)))
     return ops.reshape(y, (-1, h, w, kernel.shape[-1]))
 
 
@@ -122,12 +126,13 @@ def atrous_conv(x, kernel, rate):
     phase sub-images of the input (space-to-batch: pixel (r*a + p, r*b + q) goes to image
     (p, q) at (a, b), where the conv is a plain one); when those are smaller than
     `MIN_PHASE_SIZE` a side its backward pass is very slow (many tiny images), so then the
-    conv is computed as one matmul per kernel tap over shifted copies of the input.
+    conv is computed as one matmul over shifted copies of the input, one per kernel tap.
     Otherwise it is `keras.ops.conv`. Exact up to float32 summation order, in both
-    directions. Unknown spatial sizes (symbolic shapes) also fall back to `keras.ops.conv`.
+    directions. Unknown spatial sizes (symbolic shapes) and the other Keras backends (whose
+    dilated convs are as fast or faster: docs/benchmarks.md) use `keras.ops.conv`.
     """
     h, w = x.shape[1], x.shape[2]
-    if h is None or w is None or rate == 1:
+    if h is None or w is None or rate == 1 or keras.backend.backend() != "tensorflow":
         return _conv(x, kernel, strides=1, padding="same", dilation_rate=rate)
     (i0, i1), (j0, j1) = (_valid_taps(h, rate, kernel.shape[0]),
                           _valid_taps(w, rate, kernel.shape[1]))

@@ -159,3 +159,8 @@ def test_unknown_model_is_a_one_line_error_listing_the_choices(capsys):
     assert e.value.code == 1
     assert capsys.readouterr().err.strip() == ("iseg.cli.benchmark: error: unknown "
                                                "--backends=mxnet; valid: tensorflow, jax, torch")
+    with pytest.raises(SystemExit) as e:
+        _run_cli("--model=demo_tiny", "--model_only")
+    assert e.value.code == 1
+    assert capsys.readouterr().err.strip() == ("iseg.cli.benchmark: error: --model_only "
+                                               "writes its timings to --output: give one")

@@ -128,7 +128,7 @@ def _np_dilated_grads(x, k, r, g):
     return dxp[:, ph:ph + h, pw:pw + w], dk
 
 
-@pytest.mark.parametrize("min_phase", [1, 1000])  # Keras's conv / one matmul per tap
+@pytest.mark.parametrize("min_phase", [1, 1000])  # Keras's conv / the taps' matmul
 @pytest.mark.parametrize("h,w,rate,k", [
     (9, 11, 2, 3), (13, 7, 3, 3), (16, 16, 4, 3), (17, 17, 2, 5), (6, 20, 3, 3),
     (5, 5, 4, 3),     # some taps read only padding on both axes: a matmul
@@ -155,6 +155,33 @@ def test_atrous_conv_matches_the_dilated_conv_and_its_gradients(monkeypatch, min
     np.testing.assert_allclose(  # and Keras's own dilated conv
         np.asarray(keras.ops.conv(x, kernel, padding="same", dilation_rate=rate)), want,
         atol=1e-4)
+
+
+def test_atrous_conv_taps_run_with_an_unknown_batch_size(monkeypatch):
+    # a dataset's last batch can be smaller: the traced step has batch size None
+    monkeypatch.setattr(iops, "MIN_PHASE_SIZE", 1000)
+    kernel = np.random.default_rng(3).normal(size=(3, 3, 3, 4)).astype("float32")
+    fn = tf.function(lambda x: iops.atrous_conv(x, tf.constant(kernel), 2),
+                     input_signature=[tf.TensorSpec((None, 9, 7, 3))])
+    for batch in (2, 1):
+        x = np.random.default_rng(batch).normal(size=(batch, 9, 7, 3)).astype("float32")
+        np.testing.assert_allclose(np.asarray(fn(x)), _np_dilated(x, kernel, 2)[0], atol=1e-4)
+
+
+def test_atrous_conv_uses_keras_conv_on_the_other_backends(monkeypatch):
+    # the taps work around TensorFlow's CPU kernels; JAX's own dilated conv is faster
+    def no_taps(*args):
+        raise AssertionError("taps used")
+
+    monkeypatch.setattr(iops, "_taps_conv", no_taps)
+    monkeypatch.setattr(iops, "MIN_PHASE_SIZE", 1000)
+    x = np.random.default_rng(0).normal(size=(1, 9, 7, 3)).astype("float32")
+    kernel = np.random.default_rng(1).normal(size=(3, 3, 3, 4)).astype("float32")
+    with pytest.raises(AssertionError, match="taps used"):
+        iops.atrous_conv(x, kernel, 2)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    np.testing.assert_allclose(np.asarray(iops.atrous_conv(x, kernel, 2)),
+                               _np_dilated(x, kernel, 2)[0], atol=1e-4)
 
 
 def test_atrous_conv_falls_back_on_unknown_sizes_and_rate_1():

@@ -58,6 +58,8 @@ def _check():
     if FLAGS.repeats < 1 or FLAGS.warmup < 0:
         raise flags_lib.CliError(f"--repeats={FLAGS.repeats} must be >= 1 and "
                                  f"--warmup={FLAGS.warmup} >= 0")
+    if FLAGS.model_only and not FLAGS.output:
+        raise flags_lib.CliError("--model_only writes its timings to --output: give one")
     if not FLAGS.model_only:
         if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") not in (
                 None, "tensorflow"):
