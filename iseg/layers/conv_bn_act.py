@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from iseg.ops import atrous_conv, spatial_shape
+from iseg.tf_kernels import fused_batch_norm_training
 
 
 @keras.saving.register_keras_serializable(package="iseg")
@@ -42,24 +43,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return super().call(inputs, training=training, mask=mask)
 
     def _fused_training_call(self, inputs):
-        import tensorflow as tf
-
-        x = tf.cast(inputs, "float32")  # statistics in float32, as Keras computes them
+        x = ops.cast(inputs, "float32")  # statistics in float32, as Keras computes them
         channels = x.shape[-1:]
-        gamma = tf.cast(self.gamma, x.dtype) if self.scale else tf.ones(channels, x.dtype)
-        beta = tf.cast(self.beta, x.dtype) if self.center else tf.zeros(channels, x.dtype)
-        empty = tf.zeros([0], x.dtype)
-        y, mean, variance = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,
-            data_format="NHWC", is_training=True)[:3]
-        # The kernel returns the unbiased batch variance (n / (n - 1), or 1 when n == 1);
-        # Keras's moving variance follows the biased one it normalises with.
-        n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
-        variance = variance * (tf.maximum(n - 1.0, 1.0) / n)
+        gamma = ops.cast(self.gamma, x.dtype) if self.scale else ops.ones(channels, x.dtype)
+        beta = ops.cast(self.beta, x.dtype) if self.center else ops.zeros(channels, x.dtype)
+        y, mean, variance = fused_batch_norm_training(x, gamma, beta, self.epsilon)
         for moving, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
             moving.assign(moving * self.momentum
-                          + tf.cast(value, moving.dtype) * (1.0 - self.momentum))
-        return tf.cast(y, self.compute_dtype)
+                          + ops.cast(value, moving.dtype) * (1.0 - self.momentum))
+        return ops.cast(y, self.compute_dtype)
 
 
 def conv2d(filters, kernel_size, dilation_rate=1, **kwargs):
