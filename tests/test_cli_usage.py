@@ -282,3 +282,24 @@ def test_converter_errors_are_one_line_and_change_nothing(tmp_path, capsys):
     assert (code, err) == (1, ["iseg.cli.convert: error: split 'train' has 1 examples, "
                                "fewer than --num_shards=2"])
     assert sorted(os.walk(tmp_path)) == before
+
+
+ALLOCATOR_PROBE = """
+import os, sys
+from iseg.cli import flags
+value = flags.run_cli("probe", lambda: None, lambda argv: os.environ.get(
+    "TF_CPU_ALLOCATOR_USE_BFC"), ["probe"], uses_tensorflow=lambda: sys.argv[1] == "tf")
+print(value, "tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("user_value", [None, "false"])
+def test_tools_default_tensorflow_to_its_bfc_cpu_allocator_unless_the_user_chose(user_value):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    if user_value is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = user_value
+    r = _run(["-c", ALLOCATOR_PROBE, "tf"], env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == [user_value or "true", "True"]
+    r = _run(["-c", ALLOCATOR_PROBE, "none"], env=env)  # a run without TensorFlow
+    assert r.stdout.split() == [str(user_value), "False"], r.stderr[-2000:]

@@ -368,10 +368,10 @@ def run_cli(program, define_flags, main, argv=None, verbosity=logging.INFO, *, d
     """The body of every entry point: define the flags; answer `--help` (the flags of
     `help_groups`, with `doc` as the usage text); parse argv (flag files expanded); run
     `check()` (cheap input checks, before TensorFlow is imported); import TensorFlow
-    quietly unless `uses_tensorflow()` says the run does without; then `main(argv)` with
-    the original argv. User errors are reported as one line `program: error: message`
-    (exit 1). Returns main's result when called with `argv` (in-process use), else None
-    (the console scripts `sys.exit` with it)."""
+    quietly, with `usage.tensorflow_defaults()`, unless `uses_tensorflow()` says the run
+    does without; then `main(argv)` with the original argv. User errors are reported as
+    one line `program: error: message` (exit 1). Returns main's result when called with
+    `argv` (in-process use), else None (the console scripts `sys.exit` with it)."""
     from iseg.cli import usage
 
     in_process = argv is not None
@@ -392,6 +392,7 @@ def run_cli(program, define_flags, main, argv=None, verbosity=logging.INFO, *, d
         if check is not None:
             check()
         if uses_tensorflow is None or uses_tensorflow():
+            usage.tensorflow_defaults()
             usage.quiet_tensorflow(FLAGS.verbosity if explicit else None)
         result = main(argv)
     except Exception as e:  # pylint: disable=broad-except

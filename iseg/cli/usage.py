@@ -9,6 +9,11 @@ while it is imported (CUDA probing on a machine without GPUs, the CPU-feature no
 held back, and the info lines TensorFlow and Keras log through absl are dropped (iseg's own
 are kept). `--verbosity=N` or the environment variable `TF_CPP_MIN_LOG_LEVEL` bring them
 back.
+
+TensorFlow's CPU allocator defaults to its BFC allocator (`TF_CPU_ALLOCATOR_USE_BFC=true`,
+unless the environment says otherwise): without oneDNN, the plain allocator returns every
+large tensor to the operating system and page-faults it in again on the next step, a
+quarter of a training step's CPU time on a 2-core machine (docs/benchmarks.md).
 """
 
 import logging
@@ -92,6 +97,11 @@ def format_help(program, doc, flag_values, groups, shown_groups=None):
 def tf_log_level(verbosity):
     """`TF_CPP_MIN_LOG_LEVEL` for an absl --verbosity (0 info ... -3 fatal)."""
     return str(min(3, max(0, -int(verbosity))))
+
+
+def tensorflow_defaults():
+    """Environment defaults read when TensorFlow starts; the user's own values win."""
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 
 def quiet_tensorflow(verbosity=None):
