@@ -61,21 +61,6 @@ TINY_RESNET = dict(depths=(1, 1, 1, 1), widths=(4, 8, 8, 8), stem_width=8)
 TINY_CONVNEXT = dict(depths=(1, 1, 1, 1), widths=(8, 8, 8, 8))
 
 
-def interleaved(fns, repeats):
-    """Time each of `fns` (name -> no-argument callable) once per round for `repeats` rounds
-    after one untimed call each: per name the median, min, max and every run (seconds)."""
-    for fn in fns.values():
-        fn()
-    runs = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            runs[name].append(time.perf_counter() - start)
-    return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t),
-                   "runs_s": t} for name, t in runs.items()}
-
-
 def ratio(times, ours, theirs):
     """Median over rounds of ours / theirs (the same round's runs)."""
     return statistics.median(a / b for a, b in zip(times[ours]["runs_s"], times[theirs]["runs_s"]))
@@ -129,7 +114,7 @@ def section_backbones(quick, size, batch, repeats):
                 model, _sgd(), _feature_loss)
             fns[f"{side}_forward"] = _timed(forward, x)
             fns[f"{side}_train"] = _timed(step, x, x)
-        times = interleaved(fns, repeats)
+        times = benchmark.time_rounds(fns, repeats)
         out[name] = {"size": size, "batch": batch, "times": times,
                      "ratio_forward": ratio(times, "ours_forward", "theirs_forward"),
                      "ratio_train": ratio(times, "ours_train", "theirs_train")}
@@ -159,7 +144,7 @@ def section_car(quick, size, batch, repeats):
         step = benchmark.make_train_step(seg_model(quick, car), _sgd(),
                                          benchmark.segmentation_loss)
         fns[name] = _timed(step, x, y)
-    times = interleaved(fns, repeats)
+    times = benchmark.time_rounds(fns, repeats)
     return {"model": "nl_resnet50_d8", "size": size, "batch": batch, "times": times,
             "ratio_train": ratio(times, "with_car", "without_car")}
 
@@ -203,7 +188,7 @@ def section_caa(quick, sizes, group, repeats):
             layer = ChannelizedAxialAttention(filters, group_size=group_size)
             layer.build(x.shape)
             fns[name] = _timed(tf.function(lambda t, layer=layer: layer(t, training=False)), x)
-        times = interleaved(fns, repeats)
+        times = benchmark.time_rounds(fns, repeats)
         memory = {name: caa_peak_memory(size, filters, g)
                   for name, g in (("closed", None), ("grouped", group))}
         out[str(size)] = {"filters": filters, "group_size": group, "times": times,
@@ -228,7 +213,7 @@ def section_ksac(quick, size, batch, repeats):
         out[name] = {"params": int(layer.count_params()), "macs_per_image": int(macs[0])}
         step = benchmark.make_train_step(layer, _sgd(), _feature_loss)
         fns[name] = _timed(step, x, x)
-    times = interleaved(fns, repeats)
+    times = benchmark.time_rounds(fns, repeats)
     return {"channels": channels, "filters": filters, "rates": rates, "size": size,
             "batch": batch, **out, "times": times, "ratio_train": ratio(times, "ksac", "aspp")}
 
@@ -267,7 +252,7 @@ def section_mfu(quick, size, batch, repeats, conv_shape):
     conv_size, channels = conv_shape
     conv_flops = 3 * 2 * conv_size * conv_size * channels * channels * 9
     fns["conv3x3_fwd_bwd"] = benchmark.conv_step(conv_size, channels)
-    times = interleaved(fns, repeats)
+    times = benchmark.time_rounds(fns, repeats)
     out = {"model": "nl_resnet50_d8 + CAR", "size": size, "batch": batch,
            "flops_per_step": step_flops, "conv3x3_fwd_bwd_flops": conv_flops, "times": times}
     for name in MFU_VARIANTS:  # per round: (FLOPs / step time) / (conv FLOPs / conv time)
@@ -293,7 +278,7 @@ def section_dilated(quick, batch, repeats):
         kernel = tf.random.normal((3, 3, channels, channels), seed=1) * 0.05
         fns = {name: _timed(_fwd_bwd(_dilated(name, rate)), x, kernel)
                for name in ("keras", "taps")}
-        times = interleaved(fns, repeats)
+        times = benchmark.time_rounds(fns, repeats)
         out[f"{size}x{size}x{channels} rate {rate}"] = {
             "phase_size": -(-size // rate), "times": times,
             "ratio_taps": ratio(times, "taps", "keras")}

@@ -131,22 +131,27 @@ def model_macs(model, image_shape, training=False):
 # ----------------------------------------------------------------------------- timing
 
 
-def time_runs(fn, repeats, warmup=1):
-    """Seconds of `repeats` calls of `fn` after `warmup` untimed ones (tracing, caches):
-    median, min, max and every run."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def time_rounds(fns, repeats, warmup=1):
+    """Interleaved timings of `fns` ({name: no-argument callable}): `warmup` untimed calls
+    of each (tracing, caches), then `repeats` rounds calling each once in turn, so that a
+    drift in the machine's speed reaches them all alike. Per name, in seconds: median,
+    min, max and every run, in round order."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    runs = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "runs_s": times}
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            runs[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t),
+                   "runs_s": t} for name, t in runs.items()}
 
 
-PEAK_RSS_METHOD = ("process resident set size high-water mark (VmHWM of /proc/self/status), "
-                   "reset before each phase by writing 5 to /proc/self/clear_refs")
+PEAK_RSS_METHOD = ("process resident set size high-water mark (VmHWM of /proc/self/status) "
+                   "over a phase's warm-up calls, reset before them by writing 5 to "
+                   "/proc/self/clear_refs")
 
 
 def reset_peak_rss():
@@ -169,23 +174,31 @@ def peak_rss_bytes():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _phase(fn, batch, repeats, warmup):
-    reset_peak_rss()
-    result = time_runs(fn, repeats, warmup)
-    result["images_per_s"] = batch / result["median_s"]
-    result["peak_rss_bytes"] = peak_rss_bytes()
-    return result
-
-
-def time_model(model, images, labels, repeats, warmup=1):
+def time_model(model, images, labels, repeats, warmup=1, references=None):
     """Training step (`train_on_batch`, SGD with momentum) and inference
     (`predict_on_batch`) timings of a SegmentationModel on any Keras backend, each with
-    the peak RSS of its phase (warm-up included in the peak, not in the times)."""
+    the peak RSS of its warm-up calls (at least one). `references` ({name: no-argument
+    callable}: the machine's reference rates) are timed in the same rounds as the two
+    phases, interleaved with them, and returned under "references"."""
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
-    batch = len(images)
-    train = _phase(lambda: model.train_on_batch(images, labels), batch, repeats, warmup)
-    infer = _phase(lambda: model.predict_on_batch(images), batch, repeats, warmup)
-    return {"train_step": train, "inference": infer}
+    phases = {"train_step": lambda: model.train_on_batch(images, labels),
+              "inference": lambda: model.predict_on_batch(images)}
+    peaks = {}
+    for name, fn in phases.items():
+        reset_peak_rss()
+        for _ in range(max(warmup, 1)):
+            fn()
+        peaks[name] = peak_rss_bytes()
+    references = references or {}
+    for fn in references.values():  # their warm-up (the phases have had theirs)
+        for _ in range(warmup):
+            fn()
+    times = time_rounds({**references, **phases}, repeats, warmup=0)
+    result = {name: {**times[name], "images_per_s": len(images) / times[name]["median_s"],
+                     "peak_rss_bytes": peaks[name]} for name in phases}
+    if references:
+        result["references"] = {name: times[name] for name in references}
+    return result
 
 
 def make_train_step(model, optimizer, loss_fn):
@@ -216,16 +229,15 @@ def segmentation_loss(model, x, y):
 # ----------------------------------------------------------------------------- machine
 
 
-def matmul_rate(n, repeats, warmup=1):
-    """FLOP/s of a float32 `n x n` by `n x n` TensorFlow matmul (2 n^3 FLOPs)."""
+def matmul_step(n):
+    """A no-argument callable running a float32 `n x n` by `n x n` TensorFlow matmul
+    (2 n^3 FLOPs)."""
     import tensorflow as tf
 
     a = tf.random.normal((n, n), seed=0)
     b = tf.random.normal((n, n), seed=1)
     step = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
-    timing = time_runs(lambda: float(step(a, b)), repeats, warmup)
-    flops = 2 * n ** 3
-    return {"flops": flops, "flop_per_s": flops / timing["median_s"], **timing}
+    return lambda: float(step(a, b))
 
 
 def conv_step(size, channels):
@@ -248,10 +260,17 @@ def conv_step(size, channels):
     return lambda: float(step(x, kernel))
 
 
-def conv_rate(size, channels, repeats, warmup=1):
-    """FLOP/s of `conv_step(size, channels)`."""
-    timing = time_runs(conv_step(size, channels), repeats, warmup)
-    flops = 3 * 2 * size * size * channels * channels * 9
+def machine_references(matmul_size, conv_size, conv_channels):
+    """The machine's reference rates, {name: (no-argument callable, FLOPs per call)}: an
+    `matmul_size`-square matmul ("matmul") and `conv_step(conv_size, conv_channels)`
+    ("conv3x3_fwd_bwd")."""
+    return {"matmul": (matmul_step(matmul_size), 2 * matmul_size ** 3),
+            "conv3x3_fwd_bwd": (conv_step(conv_size, conv_channels),
+                                3 * 2 * conv_size ** 2 * conv_channels ** 2 * 9)}
+
+
+def rate(timing, flops):
+    """A `time_rounds` timing of a `flops`-FLOP call with its FLOP/s (at the median)."""
     return {"flops": flops, "flop_per_s": flops / timing["median_s"], **timing}
 
 

@@ -95,6 +95,16 @@ def _run_cli(*args):
         flags_lib.FLAGS.unparse_flags()
 
 
+def test_time_rounds_interleaves_the_calls_after_their_warm_up():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "ab"}
+    times = benchmark.time_rounds(fns, repeats=3, warmup=2)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    for t in times.values():
+        assert len(t["runs_s"]) == 3 and 0 < t["min_s"] <= t["median_s"] <= t["max_s"]
+        assert t["median_s"] == np.median(t["runs_s"])
+
+
 def test_cli_writes_the_results_as_json(tmp_path, monkeypatch, capsys):
     from iseg.training.config import DatasetMeta, TrainConfig, build_model_from_config
 
@@ -134,8 +144,15 @@ def test_cli_writes_the_results_as_json(tmp_path, monkeypatch, capsys):
             per_image = flops["inference_flops_per_image" if phase == "inference" else
                               "training_step_flops_per_image"]
             for name, peak in result["peak"].items():
-                assert t["mfu"][name] == pytest.approx(
-                    per_image * t["images_per_s"] / peak["flop_per_s"])
+                assert len(peak["runs_s"]) == 2
+                rates = [per_image * 2 / step for step in t["runs_s"]]
+                if backend == "tensorflow":  # each round's ratio: timed in the same rounds
+                    refs = [peak["flops"] / ref for ref in peak["runs_s"]]
+                    expected = np.median([r / ref for r, ref in zip(rates, refs)])
+                else:
+                    expected = per_image * t["images_per_s"] / peak["flop_per_s"]
+                assert t["mfu"][name] == pytest.approx(expected)
+                assert t["achieved_flop_per_s"] == pytest.approx(per_image * 2 / t["median_s"])
     text = capsys.readouterr().out
     assert text.startswith("demo_tiny: ") and "tensorflow train_step: " in text
 

@@ -8,18 +8,21 @@ the same run. Example:
     python -m iseg.cli.benchmark --model=deeplabv3_resnet50_d8 --crop_size=512 \\
         --batch_size=2 --repeats=5 --output=bench.json
 
-Times: median and range of --repeats runs after --warmup untimed ones (tracing). Training
-step: `train_on_batch` with SGD (momentum 0.9); inference: `predict_on_batch`. FLOPs are
-2 x multiply-accumulates (see iseg.benchmark for what is counted); a training step counts
-3 x the training forward pass (backward = 2 x forward). MFU = achieved FLOP/s / the
-measured rate of a float32 matmul and of a 3x3 convolution forward + backward, both timed
-by TensorFlow in the same run. Memory: peak process RSS of each phase. The whole path runs
+Times: median and range of --repeats rounds after --warmup untimed calls (tracing); each
+round times the training step (`train_on_batch`, SGD with momentum 0.9), inference
+(`predict_on_batch`) and the machine's references once, interleaved: a float32 matmul and
+a 3x3 convolution forward + backward, run by TensorFlow. FLOPs are 2 x multiply-accumulates
+(see iseg.benchmark for what is counted); a training step counts 3 x the training forward
+pass (backward = 2 x forward). MFU = achieved FLOP/s / a reference's FLOP/s: the median of
+the per-round ratios, so that a drift in the machine's speed cancels. Memory: peak process
+RSS of each phase's warm-up calls. The whole path runs
 on TensorFlow; --backends adds the model timings on JAX / PyTorch (one subprocess each).
 """
 
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,8 +87,9 @@ def _build(argv):
     return cfg, build_model_from_config(cfg, meta), classes
 
 
-def _time_here(cfg, model, classes):
-    """The model's timings on the current Keras backend."""
+def _time_here(cfg, model, classes, references=None):
+    """The model's timings on the current Keras backend (`references` timed in the same
+    rounds: `iseg.benchmark.time_model`)."""
     import keras
     import numpy as np
 
@@ -98,7 +102,7 @@ def _time_here(cfg, model, classes):
     backend = keras.backend.backend()
     library = __import__(backend)
     return {"version": library.__version__,
-            **time_model(model, images, labels, FLAGS.repeats, FLAGS.warmup)}
+            **time_model(model, images, labels, FLAGS.repeats, FLAGS.warmup, references)}
 
 
 def _time_in_subprocess(argv, backend):
@@ -119,14 +123,25 @@ def _time_in_subprocess(argv, backend):
             return json.load(f)
 
 
-def _utilisation(timings, flops, peaks):
-    """Achieved FLOP/s of each phase and its ratio to each measured peak rate."""
+MFU_METHOD = ("achieved FLOP/s / the reference's FLOP/s. TensorFlow: the median over "
+              "rounds of that ratio within each round (the model's phases and the "
+              "references are timed in the same rounds, interleaved); the other backends "
+              "(timed in subprocesses): the model's median against the reference's median")
+
+
+def _utilisation(timings, flops, peaks, batch, interleaved):
+    """Achieved FLOP/s of each phase (at its median) and its ratio to each measured peak
+    rate (MFU_METHOD; `interleaved`: the phases and `peaks` were timed in the same rounds)."""
     for phase, per_image in (("train_step", flops["training_step_flops_per_image"]),
                              ("inference", flops["inference_flops_per_image"])):
-        achieved = per_image * timings[phase]["images_per_s"]
-        timings[phase]["achieved_flop_per_s"] = achieved
-        timings[phase]["mfu"] = {name: achieved / peak["flop_per_s"]
-                                 for name, peak in peaks.items()}
+        t = timings[phase]
+        t["achieved_flop_per_s"] = per_image * t["images_per_s"]
+        t["mfu"] = {}
+        for name, peak in peaks.items():
+            pairs = (zip(t["runs_s"], peak["runs_s"]) if interleaved
+                     else [(t["median_s"], peak["median_s"])])
+            t["mfu"][name] = statistics.median(per_image * batch / step * ref / peak["flops"]
+                                               for step, ref in pairs)
 
 
 def _flops(model, cfg):
@@ -146,31 +161,43 @@ def _write(path, result):
         json.dump(result, f, indent=1)
 
 
+def _measure(argv, cfg, model, classes):
+    """({backend: timings}, {name: the machine's reference rate}); on TensorFlow the
+    references are timed in the same rounds as the model."""
+    from iseg import benchmark
+
+    try:
+        size, channels = (int(v) for v in FLAGS.conv_shape)
+    except ValueError:
+        raise flags_lib.CliError(f"--conv_shape={','.join(FLAGS.conv_shape)}: expected "
+                                 "size,channels") from None
+    references = benchmark.machine_references(FLAGS.matmul_size, size, channels)
+    calls = {name: fn for name, (fn, _) in references.items()}
+    if "tensorflow" in FLAGS.backends:
+        here = _time_here(cfg, model, classes, calls)
+        times = here.pop("references")
+    else:
+        here, times = None, benchmark.time_rounds(calls, FLAGS.repeats, FLAGS.warmup)
+    peaks = {name: benchmark.rate(times[name], f) for name, (_, f) in references.items()}
+    return ({b: here if b == "tensorflow" else _time_in_subprocess(argv, b)
+             for b in FLAGS.backends}, peaks)
+
+
 def main(argv):
     import datetime
 
     from iseg import benchmark
 
     cfg, model, classes = _build(argv)
-    here = FLAGS.model_only or "tensorflow" in FLAGS.backends
-    timings = _time_here(cfg, model, classes) if here else None
     if FLAGS.model_only:
+        timings = _time_here(cfg, model, classes)
         _write(FLAGS.output, timings)
         return timings
-    try:
-        size, channels = (int(v) for v in FLAGS.conv_shape)
-    except ValueError:
-        raise flags_lib.CliError(f"--conv_shape={','.join(FLAGS.conv_shape)}: expected "
-                                 "size,channels") from None
-    peaks = {"matmul": benchmark.matmul_rate(FLAGS.matmul_size, FLAGS.repeats, FLAGS.warmup),
-             "conv3x3_fwd_bwd": benchmark.conv_rate(size, channels, FLAGS.repeats,
-                                                    FLAGS.warmup)}
+    backends, peaks = _measure(argv, cfg, model, classes)
     flops = _flops(model, cfg)
-    backends = {b: timings if b == "tensorflow" else _time_in_subprocess(argv, b)
-                for b in FLAGS.backends}
-    for part in backends.values():
+    for name, part in backends.items():
         if "skipped" not in part:
-            _utilisation(part, flops, peaks)
+            _utilisation(part, flops, peaks, cfg.batch_size, name == "tensorflow")
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": [PROGRAM, *argv[1:]],
@@ -182,7 +209,8 @@ def main(argv):
                   "trainable_params": sum(math.prod(w.shape) for w in model.trainable_weights),
                   "num_classes": classes, "input_shape": [*cfg.crop_size, 3],
                   "batch_size": cfg.batch_size},
-        "flops": flops, "peak": peaks, "memory": benchmark.PEAK_RSS_METHOD,
+        "flops": flops, "peak": peaks, "mfu": MFU_METHOD,
+        "memory": benchmark.PEAK_RSS_METHOD,
         "backends": backends,
     }
     print(summary(result), flush=True)
