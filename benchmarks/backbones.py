@@ -20,6 +20,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from iseg.cli.usage import tensorflow_defaults  # noqa: E402
+
+tensorflow_defaults()  # as the iseg tools run TensorFlow (its BFC CPU allocator)
+
 import keras  # noqa: E402
 
 from iseg.backbones import BACKBONES, build_backbone  # noqa: E402

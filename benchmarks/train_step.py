@@ -15,6 +15,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from iseg.cli.usage import tensorflow_defaults  # noqa: E402
+
+tensorflow_defaults()  # as the iseg tools run TensorFlow (its BFC CPU allocator)
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

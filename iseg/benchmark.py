@@ -290,11 +290,9 @@ def machine_info():
         flags = re.search(r"flags\s*:\s*(.*)", text).group(1).split()
     except (OSError, AttributeError):
         pass
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-        onednn = bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        onednn = None
+    from iseg.tf_kernels import onednn_enabled
+
+    onednn = onednn_enabled()
     return {
         "cpu": cpu, "cores": os.cpu_count(),
         "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,

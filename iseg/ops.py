@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from iseg.tf_kernels import onednn_enabled
+
 
 def _source_coords(in_len, out_len, align_corners):
     """Float source coordinates of each output pixel along one axis."""
@@ -84,10 +86,23 @@ def compute_dtype_of(layer):
 _conv = ops.conv
 _matmul = ops.matmul
 
-# A dilated conv whose rate x rate phase sub-images are at least this many pixels on each
-# side runs as Keras's own dilated conv; smaller ones as one matmul over the kernel taps'
-# shifted inputs (measured in docs/benchmarks.md: faster below 8 on both TF CPU paths).
+# How `atrous_conv` computes a dilated conv on TensorFlow (measured in docs/benchmarks.md,
+# "Dilated convolutions"): as a plain conv on the rate x rate phase sub-images ("phase"), or
+# as one matmul over the kernel taps' shifted inputs ("taps"). Without oneDNN, phase
+# sub-images smaller than MIN_PHASE_SIZE a side take the taps (TensorFlow's conv backward
+# is slow on many tiny images); with oneDNN, the phases are taken while padding the input
+# to a multiple of the rate grows it by at most MAX_PHASE_PADDING (they cost that padding).
 MIN_PHASE_SIZE = 8
+MAX_PHASE_PADDING = 1.12
+
+
+def _method(h, w, rate, onednn):
+    """"phase" or "taps" for a dilated conv of an `h` x `w` input (`onednn`: TensorFlow
+    runs its oneDNN kernels)."""
+    ph, pw = -(-h // rate), -(-w // rate)
+    if onednn:
+        return "phase" if ph * pw * rate * rate <= MAX_PHASE_PADDING * h * w else "taps"
+    return "phase" if min(ph, pw) >= MIN_PHASE_SIZE else "taps"
 
 
 def _valid_taps(size, rate, kernel_size):
@@ -116,28 +131,45 @@ def _taps_conv(x, kernel, rate):
     return ops.reshape(y, (-1, h, w, kernel.shape[-1]))
 
 
+def _phase_conv(x, kernel, rate):
+    """Dilated 'same' conv as a plain 'same' conv on the rate x rate phase sub-images:
+    pixel (r*a + p, r*b + q) goes to image (p, q) at (a, b) (space-to-batch by reshapes),
+    the input zero-padded at the bottom and right to a multiple of the rate (zeros that
+    the dilated conv's own padding reads as well), and back."""
+    n, h, w, c = x.shape
+    n = -1 if n is None else n
+    r, cout = rate, kernel.shape[-1]
+    hp, wp = -(-h // r), -(-w // r)
+    x = ops.pad(x, [[0, 0], [0, hp * r - h], [0, wp * r - w], [0, 0]])
+    x = ops.transpose(ops.reshape(x, (n, hp, r, wp, r, c)), (2, 4, 0, 1, 3, 5))
+    y = _conv(ops.reshape(x, (-1, hp, wp, c)), kernel, strides=1, padding="same")
+    y = ops.transpose(ops.reshape(y, (r, r, n, hp, wp, cout)), (2, 3, 0, 4, 1, 5))
+    y = ops.reshape(y, (n, hp * r, wp * r, cout))
+    return ops.slice(y, (0, 0, 0, 0), (n, h, w, cout))
+
+
 def atrous_conv(x, kernel, rate):
     """`keras.ops.conv(x, kernel, padding="same", dilation_rate=rate)` for an NHWC `x`,
-    stride 1 and an odd-sized `[kh, kw, cin, cout]` kernel, avoiding the cases where the
-    dilated conv's input gradient is very slow in TensorFlow's CPU kernels.
+    stride 1 and an odd-sized `[kh, kw, cin, cout]` kernel, computed the fastest of the
+    ways measured for TensorFlow's CPU kernels (`_method`).
 
     Taps that read only the zero padding are dropped (their products are zero); if one tap
-    is left the conv is a matmul. TensorFlow computes a dilated conv on the rate x rate
-    phase sub-images of the input (space-to-batch: pixel (r*a + p, r*b + q) goes to image
-    (p, q) at (a, b), where the conv is a plain one); when those are smaller than
-    `MIN_PHASE_SIZE` a side its backward pass is very slow (many tiny images), so then the
-    conv is computed as one matmul over shifted copies of the input, one per kernel tap.
-    Otherwise it is `keras.ops.conv`. Exact up to float32 summation order, in both
-    directions. Unknown spatial sizes (symbolic shapes) and the other Keras backends (whose
-    dilated convs are as fast or faster: docs/benchmarks.md) use `keras.ops.conv`.
+    is left the conv is a matmul. Otherwise it is a plain conv on the rate x rate phase
+    sub-images (`_phase_conv`: what TensorFlow's own kernel does without oneDNN, and
+    faster than oneDNN's dilated conv), or one matmul over shifted copies of the input,
+    one per kernel tap (`_taps_conv`), where the phase sub-images are small. Exact up to
+    float32 summation order, in both directions. Unknown spatial sizes (symbolic shapes)
+    and the other Keras backends (whose dilated convs are as fast or faster:
+    docs/benchmarks.md) use `keras.ops.conv`.
     """
     h, w = x.shape[1], x.shape[2]
     if h is None or w is None or rate == 1 or keras.backend.backend() != "tensorflow":
         return _conv(x, kernel, strides=1, padding="same", dilation_rate=rate)
     (i0, i1), (j0, j1) = (_valid_taps(h, rate, kernel.shape[0]),
                           _valid_taps(w, rate, kernel.shape[1]))
-    kernel = kernel[i0:i1, j0:j1]
+    if (i1 - i0, j1 - j0) != tuple(kernel.shape[:2]):
+        kernel = kernel[i0:i1, j0:j1]
     one_tap = i1 - i0 == 1 and j1 - j0 == 1
-    if not one_tap and min(-(-h // rate), -(-w // rate)) >= MIN_PHASE_SIZE:
-        return _conv(x, kernel, strides=1, padding="same", dilation_rate=rate)
+    if not one_tap and _method(h, w, rate, onednn_enabled()) == "phase":
+        return _phase_conv(x, kernel, rate)
     return _taps_conv(x, kernel, rate)

@@ -3,6 +3,19 @@ they compute the same as the layer's Keras code in fewer, faster ops. Like
 `iseg.distribute`, it imports TensorFlow lazily: the layers stay `keras.ops`-only and never
 reach here on JAX or PyTorch."""
 
+import functools
+
+
+@functools.cache
+def onednn_enabled():
+    """Whether TensorFlow runs its oneDNN CPU kernels (`TF_ENABLE_ONEDNN_OPTS`, by default
+    on CPUs with AVX-512); False where TensorFlow cannot say."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return False
+    return bool(getattr(_pywrap_util_port, "IsMklEnabled", lambda: False)())
+
 
 def fused_batch_norm_training(x, gamma, beta, epsilon):
     """(y, mean, variance) of a training-mode batch norm of a float32 NHWC `x` by

@@ -128,15 +128,15 @@ def _np_dilated_grads(x, k, r, g):
     return dxp[:, ph:ph + h, pw:pw + w], dk
 
 
-@pytest.mark.parametrize("min_phase", [1, 1000])  # Keras's conv / the taps' matmul
+@pytest.mark.parametrize("method", ["phase", "taps"])
 @pytest.mark.parametrize("h,w,rate,k", [
     (9, 11, 2, 3), (13, 7, 3, 3), (16, 16, 4, 3), (17, 17, 2, 5), (6, 20, 3, 3),
     (5, 5, 4, 3),     # some taps read only padding on both axes: a matmul
     (4, 12, 5, 3),    # ... on one axis only
 ])
-def test_atrous_conv_matches_the_dilated_conv_and_its_gradients(monkeypatch, min_phase,
+def test_atrous_conv_matches_the_dilated_conv_and_its_gradients(monkeypatch, method,
                                                                 h, w, rate, k):
-    monkeypatch.setattr(iops, "MIN_PHASE_SIZE", min_phase)
+    monkeypatch.setattr(iops, "_method", lambda *args: method)
     rng = np.random.default_rng(h * w + rate)
     x = rng.normal(size=(2, h, w, 3)).astype("float32")
     kernel = rng.normal(size=(k, k, 3, 4)).astype("float32")
@@ -157,9 +157,10 @@ def test_atrous_conv_matches_the_dilated_conv_and_its_gradients(monkeypatch, min
         atol=1e-4)
 
 
-def test_atrous_conv_taps_run_with_an_unknown_batch_size(monkeypatch):
+@pytest.mark.parametrize("method", ["phase", "taps"])
+def test_atrous_conv_runs_with_an_unknown_batch_size(monkeypatch, method):
     # a dataset's last batch can be smaller: the traced step has batch size None
-    monkeypatch.setattr(iops, "MIN_PHASE_SIZE", 1000)
+    monkeypatch.setattr(iops, "_method", lambda *args: method)
     kernel = np.random.default_rng(3).normal(size=(3, 3, 3, 4)).astype("float32")
     fn = tf.function(lambda x: iops.atrous_conv(x, tf.constant(kernel), 2),
                      input_signature=[tf.TensorSpec((None, 9, 7, 3))])
@@ -168,16 +169,38 @@ def test_atrous_conv_taps_run_with_an_unknown_batch_size(monkeypatch):
         np.testing.assert_allclose(np.asarray(fn(x)), _np_dilated(x, kernel, 2)[0], atol=1e-4)
 
 
-def test_atrous_conv_uses_keras_conv_on_the_other_backends(monkeypatch):
-    # the taps work around TensorFlow's CPU kernels; JAX's own dilated conv is faster
-    def no_taps(*args):
-        raise AssertionError("taps used")
+@pytest.mark.parametrize("onednn,h,w,rate,method", [
+    (True, 23, 30, 4, "phase"),   # padded to 24 x 32: 1.11 x the input
+    (True, 33, 33, 8, "taps"),    # padded to 40 x 40: 1.47 x
+    (False, 23, 30, 2, "phase"),  # 12 x 15 phase sub-images
+    (False, 23, 30, 4, "taps"),   # 6 x 8
+])
+def test_atrous_conv_takes_the_method_measured_fastest_on_each_kernel_path(
+        monkeypatch, onednn, h, w, rate, method):
+    used = []
+    for name in ("phase", "taps"):
+        helper = getattr(iops, f"_{name}_conv")
+        monkeypatch.setattr(iops, f"_{name}_conv",
+                            lambda *a, name=name, helper=helper: used.append(name) or helper(*a))
+    monkeypatch.setattr(iops, "onednn_enabled", lambda: onednn)
+    x = np.random.default_rng(0).normal(size=(1, h, w, 2)).astype("float32")
+    kernel = np.random.default_rng(1).normal(size=(3, 3, 2, 2)).astype("float32")
+    np.testing.assert_allclose(np.asarray(iops.atrous_conv(x, kernel, rate)),
+                               _np_dilated(x, kernel, rate)[0], atol=1e-4)
+    assert used == [method]
 
-    monkeypatch.setattr(iops, "_taps_conv", no_taps)
-    monkeypatch.setattr(iops, "MIN_PHASE_SIZE", 1000)
+
+def test_atrous_conv_uses_keras_conv_on_the_other_backends(monkeypatch):
+    # the phases and taps work around TensorFlow's CPU kernels; JAX's own dilated conv is
+    # faster
+    def not_ours(*args):
+        raise AssertionError("ours used")
+
+    monkeypatch.setattr(iops, "_taps_conv", not_ours)
+    monkeypatch.setattr(iops, "_phase_conv", not_ours)
     x = np.random.default_rng(0).normal(size=(1, 9, 7, 3)).astype("float32")
     kernel = np.random.default_rng(1).normal(size=(3, 3, 3, 4)).astype("float32")
-    with pytest.raises(AssertionError, match="taps used"):
+    with pytest.raises(AssertionError, match="ours used"):
         iops.atrous_conv(x, kernel, 2)
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     np.testing.assert_allclose(np.asarray(iops.atrous_conv(x, kernel, 2)),
