@@ -26,8 +26,9 @@ the per-round ratios (ours / theirs: below 1 is faster). Sections:
    with Keras's unfused batch norm, "before" with Keras's dilated convolution and batch
    norm (the same model and weights, each traced separately);
 6. dilated (only when named in `--sections`): one dilated 3x3 conv forward + backward,
-   Keras's conv vs `iseg.ops.atrous_conv`'s taps' matmul, at the shapes of R50-D8's last
-   two stages (`DILATED_SHAPES`).
+   Keras's conv vs `iseg.ops.atrous_conv`'s two ways (the phase sub-images' plain conv,
+   the taps' matmul) and the one it chooses, at the shapes of R50-D8's last two stages
+   and of the CamVid configs (`DILATED_SHAPES`).
 
 `--quick` runs every section with tiny stand-ins (narrow networks, tiny inputs, our own
 network on both sides of the backbone pairs): it checks the script and its JSON, not speed.
@@ -58,6 +59,7 @@ from iseg.backbones import build_backbone  # noqa: E402
 from iseg.layers import ASPP, ChannelizedAxialAttention, KernelSharingASPP  # noqa: E402
 from iseg.layers.conv_bn_act import BatchNormalization, Conv2D  # noqa: E402
 from iseg.models import build_model_from_name  # noqa: E402
+from iseg.tf_kernels import onednn_enabled  # noqa: E402
 
 TARGETS = {"backbone": 1.05, "car": 1.05}
 NUM_CLASSES = 21
@@ -268,31 +270,39 @@ def section_mfu(quick, size, batch, repeats, conv_shape):
     return out
 
 
-DILATED_SHAPES = ((33, 256, 2), (33, 512, 4), (33, 512, 8), (33, 512, 16),
-                  (65, 256, 2), (65, 512, 4), (65, 512, 8), (65, 512, 16))
+# (batch or None for --batch, height, width, channels, rate): R50-D8's last two stages at
+# 257 and 513 inputs, then the CamVid configs' (batch 8, 180x240 at OS8)
+DILATED_SHAPES = ((None, 33, 33, 256, 2), (None, 33, 33, 512, 4), (None, 33, 33, 512, 8),
+                  (None, 33, 33, 512, 16), (None, 65, 65, 256, 2), (None, 65, 65, 512, 4),
+                  (None, 65, 65, 512, 8), (None, 65, 65, 512, 16),
+                  (8, 23, 30, 128, 2), (8, 23, 30, 256, 4))
+DILATED_METHODS = ("keras", "phase", "taps")
 
 
 def section_dilated(quick, batch, repeats):
     """A dilated 3x3 conv (C -> C, 'same'), forward + backward (input and kernel gradients):
-    Keras's `keras.ops.conv` vs `iseg.ops.atrous_conv`'s taps' matmul, for the feature
-    sizes, channels and rates of R50-D8's last two stages at 257 and 513 inputs."""
+    Keras's `keras.ops.conv` vs `iseg.ops.atrous_conv`'s two ways (a plain conv on the
+    phase sub-images, the taps' matmul), and which one `atrous_conv` takes here."""
     out = {}
-    for size, channels, rate in ((9, 8, 2), (9, 8, 4)) if quick else DILATED_SHAPES:
-        x = tf.random.normal((batch, size, size, channels), seed=0)
+    shapes = ((None, 9, 9, 8, 2), (None, 9, 9, 8, 4)) if quick else DILATED_SHAPES
+    for n, h, w, channels, rate in shapes:
+        x = tf.random.normal((n or batch, h, w, channels), seed=0)
         kernel = tf.random.normal((3, 3, channels, channels), seed=1) * 0.05
         fns = {name: _timed(_fwd_bwd(_dilated(name, rate)), x, kernel)
-               for name in ("keras", "taps")}
+               for name in DILATED_METHODS}
         times = benchmark.time_rounds(fns, repeats)
-        out[f"{size}x{size}x{channels} rate {rate}"] = {
-            "phase_size": -(-size // rate), "times": times,
-            "ratio_taps": ratio(times, "taps", "keras")}
+        out[f"{n or batch}x{h}x{w}x{channels} rate {rate}"] = {
+            "phase_size": [-(-h // rate), -(-w // rate)], "times": times,
+            "chosen": iseg.ops._method(h, w, rate, onednn_enabled()),
+            **{f"ratio_{name}": ratio(times, name, "keras") for name in DILATED_METHODS[1:]}}
     return out
 
 
 def _dilated(method, rate):
     if method == "keras":
         return lambda x, kernel: keras.ops.conv(x, kernel, 1, "same", dilation_rate=rate)
-    return lambda x, kernel: iseg.ops._taps_conv(x, kernel, rate)
+    helper = iseg.ops._phase_conv if method == "phase" else iseg.ops._taps_conv
+    return lambda x, kernel: helper(x, kernel, rate)
 
 
 def _timed(fn, *args):
@@ -394,7 +404,9 @@ def summary(name, section):
         return "; ".join(f"{k} forward {v['ratio_forward']:.3f}, train {v['ratio_train']:.3f}"
                          for k, v in section.items())
     if name == "dilated":
-        return "; ".join(f"{k}: taps / keras {v['ratio_taps']:.2f}" for k, v in section.items())
+        return "; ".join(f"{k}: phase / keras {v['ratio_phase']:.2f}, taps / keras "
+                         f"{v['ratio_taps']:.2f} ({v['chosen']} chosen)"
+                         for k, v in section.items())
     if name == "car":
         return f"with / without CAR, train {section['ratio_train']:.3f}"
     if name == "caa":

@@ -39,8 +39,10 @@ def test_quick_layer_sections_write_timings_ratios_and_the_machine(tmp_path):
     assert ksac["aspp"]["params"] - ksac["ksac"]["params"] == 2 * 3 * 3 * 16 * 8
     assert ksac["ksac"]["macs_per_image"] == ksac["aspp"]["macs_per_image"]
     assert "backbones" not in result and "mfu" not in result
-    assert set(result["dilated"]) == {"9x9x8 rate 2", "9x9x8 rate 4"}
-    assert result["dilated"]["9x9x8 rate 4"]["phase_size"] == 3
+    assert set(result["dilated"]) == {"1x9x9x8 rate 2", "1x9x9x8 rate 4"}
+    dilated = result["dilated"]["1x9x9x8 rate 4"]
+    assert dilated["phase_size"] == [3, 3] and dilated["chosen"] in ("phase", "taps")
+    assert set(dilated["times"]) == {"keras", "phase", "taps"}
 
 
 def test_mfu_variants_trace_the_kernels_they_name():
