@@ -90,9 +90,11 @@ _matmul = ops.matmul
 # "Dilated convolutions"): as a plain conv on the rate x rate phase sub-images ("phase"), or
 # as one matmul over the kernel taps' shifted inputs ("taps"). Without oneDNN, phase
 # sub-images smaller than MIN_PHASE_SIZE a side take the taps (TensorFlow's conv backward
-# is slow on many tiny images); with oneDNN, the phases are taken while padding the input
-# to a multiple of the rate grows it by at most MAX_PHASE_PADDING (they cost that padding).
-MIN_PHASE_SIZE = 8
+# is slow on many small images; the taps keep 9 copies of the input for the backward pass,
+# so larger ones keep the phases); with oneDNN, the phases are taken while padding the
+# input to a multiple of the rate grows it by at most MAX_PHASE_PADDING (they cost that
+# padding).
+MIN_PHASE_SIZE = 12
 MAX_PHASE_PADDING = 1.12
 
 

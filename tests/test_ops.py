@@ -174,6 +174,7 @@ def test_atrous_conv_runs_with_an_unknown_batch_size(monkeypatch, method):
     (True, 33, 33, 8, "taps"),    # padded to 40 x 40: 1.47 x
     (False, 23, 30, 2, "phase"),  # 12 x 15 phase sub-images
     (False, 23, 30, 4, "taps"),   # 6 x 8
+    (False, 33, 33, 4, "taps"),   # 9 x 9
 ])
 def test_atrous_conv_takes_the_method_measured_fastest_on_each_kernel_path(
         monkeypatch, onednn, h, w, rate, method):
