@@ -27,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from iseg.cli.usage import tensorflow_defaults  # noqa: E402
 
 tensorflow_defaults()  # as the iseg tools run TensorFlow (its BFC CPU allocator)
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tensorflow as tf  # noqa: E402

@@ -15,8 +15,8 @@ a 3x3 convolution forward + backward, run by TensorFlow. FLOPs are 2 x multiply-
 (see iseg.benchmark for what is counted); a training step counts 3 x the training forward
 pass (backward = 2 x forward). MFU = achieved FLOP/s / a reference's FLOP/s: the median of
 the per-round ratios, so that a drift in the machine's speed cancels. Memory: peak process
-RSS of each phase's warm-up calls. The whole path runs
-on TensorFlow; --backends adds the model timings on JAX / PyTorch (one subprocess each).
+RSS of each phase's warm-up calls. The whole path runs on TensorFlow; --backends adds the
+model timings on JAX / PyTorch (one subprocess each, against the references' medians).
 """
 
 import json

@@ -12,8 +12,8 @@ back.
 
 TensorFlow's CPU allocator defaults to its BFC allocator (`TF_CPU_ALLOCATOR_USE_BFC=true`,
 unless the environment says otherwise): without oneDNN, the plain allocator returns every
-large tensor to the operating system and page-faults it in again on the next step, a
-quarter of a training step's CPU time on a 2-core machine (docs/benchmarks.md).
+large tensor to the operating system and page-faults it in again on the next step: about
+a tenth of a CamVid training step on a 2-core machine (docs/benchmarks.md).
 """
 
 import logging
