@@ -256,16 +256,13 @@ def section_mfu(quick, size, batch, repeats, conv_shape):
         concrete = _traced(benchmark.make_train_step(model, _sgd(), benchmark.segmentation_loss),
                            x, y, keras_dilated, keras_bn)
         fns[name] = _timed(concrete, x, y)
-    conv_size, channels = conv_shape
-    conv_flops = 3 * 2 * conv_size * conv_size * channels * channels * 9
-    fns["conv3x3_fwd_bwd"] = benchmark.conv_step(conv_size, channels)
+    fns["conv3x3_fwd_bwd"], conv_flops = benchmark.conv_reference(*conv_shape)
     times = benchmark.time_rounds(fns, repeats)
     out = {"model": "nl_resnet50_d8 + CAR", "size": size, "batch": batch,
            "flops_per_step": step_flops, "conv3x3_fwd_bwd_flops": conv_flops, "times": times}
     for name in MFU_VARIANTS:  # per round: (FLOPs / step time) / (conv FLOPs / conv time)
-        out[f"mfu_{name}"] = statistics.median(
-            step_flops * c / (conv_flops * t) for t, c in
-            zip(times[name]["runs_s"], times["conv3x3_fwd_bwd"]["runs_s"]))
+        out[f"mfu_{name}"] = benchmark.utilisation(step_flops, times[name]["runs_s"], conv_flops,
+                                                   times["conv3x3_fwd_bwd"]["runs_s"])
     out["speedup"] = 1 / ratio(times, "after", "before")
     out["speedup_fused_bn"] = 1 / ratio(times, "after", "keras_bn")
     return out

@@ -260,18 +260,29 @@ def conv_step(size, channels):
     return lambda: float(step(x, kernel))
 
 
+def conv_reference(size, channels):
+    """(`conv_step(size, channels)`, its FLOPs per call)."""
+    return conv_step(size, channels), 3 * 2 * size ** 2 * channels ** 2 * 9
+
+
 def machine_references(matmul_size, conv_size, conv_channels):
     """The machine's reference rates, {name: (no-argument callable, FLOPs per call)}: an
-    `matmul_size`-square matmul ("matmul") and `conv_step(conv_size, conv_channels)`
+    `matmul_size`-square matmul ("matmul") and `conv_reference(conv_size, conv_channels)`
     ("conv3x3_fwd_bwd")."""
     return {"matmul": (matmul_step(matmul_size), 2 * matmul_size ** 3),
-            "conv3x3_fwd_bwd": (conv_step(conv_size, conv_channels),
-                                3 * 2 * conv_size ** 2 * conv_channels ** 2 * 9)}
+            "conv3x3_fwd_bwd": conv_reference(conv_size, conv_channels)}
 
 
 def rate(timing, flops):
     """A `time_rounds` timing of a `flops`-FLOP call with its FLOP/s (at the median)."""
     return {"flops": flops, "flop_per_s": flops / timing["median_s"], **timing}
+
+
+def utilisation(flops, runs_s, reference_flops, reference_runs_s):
+    """The share of a reference's FLOP/s that a `flops`-FLOP call reached: the median over
+    rounds of (flops / run) / (reference_flops / the reference's run of the same round)."""
+    return statistics.median(flops / run * ref / reference_flops
+                             for run, ref in zip(runs_s, reference_runs_s))
 
 
 def machine_info():

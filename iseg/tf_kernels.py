@@ -1,5 +1,6 @@
 """TensorFlow kernels that pure-Keras layers call on the TensorFlow backend only, where
-they compute the same as the layer's Keras code in fewer, faster ops. Like
+they compute the same as the layer's Keras code in fewer, faster ops, and which CPU
+kernels TensorFlow runs (the layers choose their computation by it). Like
 `iseg.distribute`, it imports TensorFlow lazily: the layers stay `keras.ops`-only and never
 reach here on JAX or PyTorch."""
 

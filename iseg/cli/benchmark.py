@@ -22,7 +22,6 @@ model timings on JAX / PyTorch (one subprocess each, against the references' med
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -132,16 +131,15 @@ MFU_METHOD = ("achieved FLOP/s / the reference's FLOP/s. TensorFlow: the median 
 def _utilisation(timings, flops, peaks, batch, interleaved):
     """Achieved FLOP/s of each phase (at its median) and its ratio to each measured peak
     rate (MFU_METHOD; `interleaved`: the phases and `peaks` were timed in the same rounds)."""
+    from iseg.benchmark import utilisation
+
+    runs = (lambda t: t["runs_s"]) if interleaved else (lambda t: [t["median_s"]])
     for phase, per_image in (("train_step", flops["training_step_flops_per_image"]),
                              ("inference", flops["inference_flops_per_image"])):
         t = timings[phase]
         t["achieved_flop_per_s"] = per_image * t["images_per_s"]
-        t["mfu"] = {}
-        for name, peak in peaks.items():
-            pairs = (zip(t["runs_s"], peak["runs_s"]) if interleaved
-                     else [(t["median_s"], peak["median_s"])])
-            t["mfu"][name] = statistics.median(per_image * batch / step * ref / peak["flops"]
-                                               for step, ref in pairs)
+        t["mfu"] = {name: utilisation(per_image * batch, runs(t), peak["flops"], runs(peak))
+                    for name, peak in peaks.items()}
 
 
 def _flops(model, cfg):
