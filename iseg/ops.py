@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from iseg.tf_kernels import onednn_enabled
+from iseg.tf_kernels import onednn_enabled, same_conv
 
 
 def _source_coords(in_len, out_len, align_corners):
@@ -89,12 +89,12 @@ _matmul = ops.matmul
 # How `atrous_conv` computes a dilated conv on TensorFlow (measured in docs/benchmarks.md,
 # "Dilated convolutions"): as a plain conv on the rate x rate phase sub-images ("phase"), or
 # as one matmul over the kernel taps' shifted inputs ("taps"). Without oneDNN, phase
-# sub-images smaller than MIN_PHASE_SIZE a side take the taps (TensorFlow's conv backward
-# is slow on many small images; the taps keep 9 copies of the input for the backward pass,
-# so larger ones keep the phases); with oneDNN, the phases are taken while padding the
-# input to a multiple of the rate grows it by at most MAX_PHASE_PADDING (they cost that
-# padding).
-MIN_PHASE_SIZE = 12
+# sub-images smaller than MIN_PHASE_SIZE a side take the taps (TensorFlow's conv kernel
+# gradient is slow on many tiny images; the taps keep 9 copies of the input for the
+# backward pass, so larger ones keep the phases); with oneDNN, the phases are taken while
+# padding the input to a multiple of the rate grows it by at most MAX_PHASE_PADDING (they
+# cost that padding).
+MIN_PHASE_SIZE = 6
 MAX_PHASE_PADDING = 1.12
 
 
@@ -144,10 +144,18 @@ def _phase_conv(x, kernel, rate):
     hp, wp = -(-h // r), -(-w // r)
     x = ops.pad(x, [[0, 0], [0, hp * r - h], [0, wp * r - w], [0, 0]])
     x = ops.transpose(ops.reshape(x, (n, hp, r, wp, r, c)), (2, 4, 0, 1, 3, 5))
-    y = _conv(ops.reshape(x, (-1, hp, wp, c)), kernel, strides=1, padding="same")
+    y = _same_conv(ops.reshape(x, (-1, hp, wp, c)), kernel)
     y = ops.transpose(ops.reshape(y, (r, r, n, hp, wp, cout)), (2, 3, 0, 4, 1, 5))
     y = ops.reshape(y, (n, hp * r, wp * r, cout))
     return ops.slice(y, (0, 0, 0, 0), (n, h, w, cout))
+
+
+def _same_conv(x, kernel):
+    """A stride-1 'same' conv on TensorFlow: without oneDNN `tf_kernels.same_conv` (its
+    input gradient a forward conv), with oneDNN Keras's (oneDNN's is as fast)."""
+    if onednn_enabled():
+        return _conv(x, kernel, strides=1, padding="same")
+    return same_conv(x, kernel)
 
 
 def atrous_conv(x, kernel, rate):
@@ -159,14 +167,17 @@ def atrous_conv(x, kernel, rate):
     is left the conv is a matmul. Otherwise it is a plain conv on the rate x rate phase
     sub-images (`_phase_conv`: what TensorFlow's own kernel does without oneDNN, and
     faster than oneDNN's dilated conv), or one matmul over shifted copies of the input,
-    one per kernel tap (`_taps_conv`), where the phase sub-images are small. Exact up to
-    float32 summation order, in both directions. Unknown spatial sizes (symbolic shapes)
-    and the other Keras backends (whose dilated convs are as fast or faster:
-    docs/benchmarks.md) use `keras.ops.conv`.
+    one per kernel tap (`_taps_conv`), where the phase sub-images are small. Rate 1 is a
+    plain conv; without oneDNN, it and the phases' conv compute their input gradient as a
+    forward conv (`tf_kernels.same_conv`). Exact up to float32 summation order, in both
+    directions. Unknown spatial sizes (symbolic shapes) and the other Keras backends
+    (whose dilated convs are as fast or faster: docs/benchmarks.md) use `keras.ops.conv`.
     """
     h, w = x.shape[1], x.shape[2]
-    if h is None or w is None or rate == 1 or keras.backend.backend() != "tensorflow":
+    if h is None or w is None or keras.backend.backend() != "tensorflow":
         return _conv(x, kernel, strides=1, padding="same", dilation_rate=rate)
+    if rate == 1:
+        return _same_conv(x, kernel)
     (i0, i1), (j0, j1) = (_valid_taps(h, rate, kernel.shape[0]),
                           _valid_taps(w, rate, kernel.shape[1]))
     if (i1 - i0, j1 - j0) != tuple(kernel.shape[:2]):

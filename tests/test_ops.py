@@ -128,18 +128,21 @@ def _np_dilated_grads(x, k, r, g):
     return dxp[:, ph:ph + h, pw:pw + w], dk
 
 
+@pytest.mark.parametrize("onednn", [True, False])  # without: tf_kernels.same_conv's grads
 @pytest.mark.parametrize("method", ["phase", "taps"])
 @pytest.mark.parametrize("h,w,rate,k", [
     (9, 11, 2, 3), (13, 7, 3, 3), (16, 16, 4, 3), (17, 17, 2, 5), (6, 20, 3, 3),
     (5, 5, 4, 3),     # some taps read only padding on both axes: a matmul
     (4, 12, 5, 3),    # ... on one axis only
+    (9, 11, 1, 3), (8, 6, 1, (5, 3)), (7, 7, 1, 1),  # rate 1: a plain conv
 ])
-def test_atrous_conv_matches_the_dilated_conv_and_its_gradients(monkeypatch, method,
+def test_atrous_conv_matches_the_dilated_conv_and_its_gradients(monkeypatch, onednn, method,
                                                                 h, w, rate, k):
     monkeypatch.setattr(iops, "_method", lambda *args: method)
+    monkeypatch.setattr(iops, "onednn_enabled", lambda: onednn)
     rng = np.random.default_rng(h * w + rate)
     x = rng.normal(size=(2, h, w, 3)).astype("float32")
-    kernel = rng.normal(size=(k, k, 3, 4)).astype("float32")
+    kernel = rng.normal(size=(*np.broadcast_to(k, 2), 3, 4)).astype("float32")
     g = rng.normal(size=(2, h, w, 4)).astype("float32")
     xt, kt = tf.constant(x), tf.constant(kernel)
     with tf.GradientTape() as tape:
@@ -157,24 +160,54 @@ def test_atrous_conv_matches_the_dilated_conv_and_its_gradients(monkeypatch, met
         atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["phase", "taps"])
-def test_atrous_conv_runs_with_an_unknown_batch_size(monkeypatch, method):
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("method,rate", [("phase", 2), ("taps", 2), ("phase", 1)])
+def test_atrous_conv_runs_with_an_unknown_batch_size(monkeypatch, onednn, method, rate):
     # a dataset's last batch can be smaller: the traced step has batch size None
     monkeypatch.setattr(iops, "_method", lambda *args: method)
+    monkeypatch.setattr(iops, "onednn_enabled", lambda: onednn)
     kernel = np.random.default_rng(3).normal(size=(3, 3, 3, 4)).astype("float32")
-    fn = tf.function(lambda x: iops.atrous_conv(x, tf.constant(kernel), 2),
-                     input_signature=[tf.TensorSpec((None, 9, 7, 3))])
+    g = np.random.default_rng(4).normal(size=(1, 9, 7, 4)).astype("float32")
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 9, 7, 3))])
+    def fn(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = iops.atrous_conv(x, tf.constant(kernel), rate)
+        return y, tape.gradient(y, x, output_gradients=tf.tile(g, [tf.shape(x)[0], 1, 1, 1]))
+
     for batch in (2, 1):
         x = np.random.default_rng(batch).normal(size=(batch, 9, 7, 3)).astype("float32")
-        np.testing.assert_allclose(np.asarray(fn(x)), _np_dilated(x, kernel, 2)[0], atol=1e-4)
+        y, dx = fn(x)
+        np.testing.assert_allclose(np.asarray(y), _np_dilated(x, kernel, rate)[0], atol=1e-4)
+        np.testing.assert_allclose(
+            np.asarray(dx), _np_dilated_grads(x, kernel, rate, np.repeat(g, batch, 0))[0],
+            atol=1e-4)
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_plain_and_phase_convs_take_the_forward_conv_input_gradient_without_onednn(
+        monkeypatch, onednn):
+    # measured faster than TensorFlow's Conv2DBackpropInput without oneDNN, not with it
+    used = []
+    same_conv = iops.same_conv
+    monkeypatch.setattr(iops, "same_conv", lambda *a: used.append(1) or same_conv(*a))
+    monkeypatch.setattr(iops, "onednn_enabled", lambda: onednn)
+    monkeypatch.setattr(iops, "_method", lambda *args: "phase")
+    x = np.random.default_rng(0).normal(size=(1, 8, 8, 2)).astype("float32")
+    kernel = np.random.default_rng(1).normal(size=(3, 3, 2, 2)).astype("float32")
+    for rate in (1, 2):
+        np.testing.assert_allclose(np.asarray(iops.atrous_conv(x, kernel, rate)),
+                                   _np_dilated(x, kernel, rate)[0], atol=1e-4)
+    assert len(used) == (0 if onednn else 2)
 
 
 @pytest.mark.parametrize("onednn,h,w,rate,method", [
     (True, 23, 30, 4, "phase"),   # padded to 24 x 32: 1.11 x the input
     (True, 33, 33, 8, "taps"),    # padded to 40 x 40: 1.47 x
     (False, 23, 30, 2, "phase"),  # 12 x 15 phase sub-images
-    (False, 23, 30, 4, "taps"),   # 6 x 8
-    (False, 33, 33, 4, "taps"),   # 9 x 9
+    (False, 23, 30, 4, "phase"),  # 6 x 8
+    (False, 33, 33, 8, "taps"),   # 5 x 5
 ])
 def test_atrous_conv_takes_the_method_measured_fastest_on_each_kernel_path(
         monkeypatch, onednn, h, w, rate, method):
@@ -233,4 +266,23 @@ def test_atrous_conv2d_loads_plain_conv2d_weights_and_computes_the_same(tmp_path
     assert [v.path for v in ours.weights] == [v.path for v in plain.weights]
     np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(plain(x)), atol=1e-5)
     assert isinstance(ConvBNAct(4, 3, dilation_rate=2).conv, AtrousConv2D)
-    assert type(ConvBNAct(4, 3).conv) is keras.layers.Conv2D
+    assert isinstance(ConvBNAct(4, 3).conv, AtrousConv2D)
+
+
+@pytest.mark.parametrize("strides,padding,rate", [(1, "same", 1), (1, "same", 2),
+                                                  (2, "same", 1), (1, "valid", 1)])
+def test_conv2d_layer_takes_atrous_conv_only_for_stride_1_same(monkeypatch, strides,
+                                                               padding, rate):
+    from iseg.layers.conv_bn_act import Conv2D as AtrousConv2D
+
+    used = []
+    monkeypatch.setattr("iseg.layers.conv_bn_act.atrous_conv",
+                        lambda *a: used.append(1) or iops.atrous_conv(*a))
+    ours = AtrousConv2D(4, 3, strides=strides, padding=padding, dilation_rate=rate)
+    plain = keras.layers.Conv2D(4, 3, strides=strides, padding=padding, dilation_rate=rate)
+    x = np.random.default_rng(0).normal(size=(2, 9, 8, 3)).astype("float32")
+    ours.build(x.shape)
+    plain.build(x.shape)
+    plain.set_weights(ours.get_weights())
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(plain(x)), atol=1e-5)
+    assert len(used) == (strides == 1 and padding == "same")

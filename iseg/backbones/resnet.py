@@ -19,7 +19,7 @@ import keras
 from keras import ops
 
 from iseg.backbones.common import DropPath, linear_drop_rates, out_size, pad_hw
-from iseg.layers.conv_bn_act import BatchNormalization, conv2d
+from iseg.layers.conv_bn_act import BatchNormalization, Conv2D
 
 DEPTHS = {
     18: ("basic", (2, 2, 2, 2)),
@@ -32,7 +32,7 @@ DEPTHS = {
 
 def _conv(filters, kernel, stride, dilation, use_bias, padding, dtype, name):
     explicit = padding == "symmetric" and stride > 1
-    return conv2d(
+    return Conv2D(
         filters,
         kernel,
         strides=stride,

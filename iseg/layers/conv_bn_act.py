@@ -9,15 +9,16 @@ from iseg.tf_kernels import fused_batch_norm_training
 
 @keras.saving.register_keras_serializable(package="iseg")
 class Conv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` whose dilated stride-1 'same' convolution runs as
-    `iseg.ops.atrous_conv` (same weights, same result up to float32 rounding, fast input
-    gradient). Other configurations run as in Keras's Conv2D. It keeps the class name
-    because Keras weight files address a layer's variables by its class name, so weight
-    files and checkpoints of either class load into the other."""
+    """`keras.layers.Conv2D` whose stride-1 'same' convolution with an odd-sized kernel
+    runs as `iseg.ops.atrous_conv` (same weights, same result up to float32 rounding,
+    faster on TensorFlow's CPU kernels: dilated, and without oneDNN also plain). Other
+    configurations run as in Keras's Conv2D. It keeps the class name because Keras weight
+    files address a layer's variables by its class name, so weight files and checkpoints
+    of either class load into the other."""
 
     def convolution_op(self, inputs, kernel):
         rate = self.dilation_rate[0]
-        if (rate > 1 and self.dilation_rate[1] == rate and self.strides == (1, 1)
+        if (self.dilation_rate[1] == rate and self.strides == (1, 1)
                 and self.padding == "same" and self.groups == 1
                 and self.data_format == "channels_last"
                 and all(k % 2 for k in self.kernel_size)):
@@ -52,13 +53,6 @@ class BatchNormalization(keras.layers.BatchNormalization):
             moving.assign(moving * self.momentum
                           + ops.cast(value, moving.dtype) * (1.0 - self.momentum))
         return ops.cast(y, self.compute_dtype)
-
-
-def conv2d(filters, kernel_size, dilation_rate=1, **kwargs):
-    """A `keras.layers.Conv2D`, or the `Conv2D` above when it is dilated."""
-    rates = (dilation_rate,) * 2 if isinstance(dilation_rate, int) else tuple(dilation_rate)
-    cls = Conv2D if max(rates) > 1 else keras.layers.Conv2D
-    return cls(filters, kernel_size, dilation_rate=dilation_rate, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="iseg")
@@ -111,7 +105,7 @@ class ConvBNAct(keras.layers.Layer):
                 depthwise_initializer=kernel_initializer, **common
             )
         else:
-            self.conv = conv2d(filters, kernel_initializer=kernel_initializer, **common)
+            self.conv = Conv2D(filters, kernel_initializer=kernel_initializer, **common)
         self.bn = (
             BatchNormalization(
                 momentum=bn_momentum, epsilon=bn_epsilon, dtype=self.dtype_policy, name="bn"
