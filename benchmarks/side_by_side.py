@@ -21,10 +21,10 @@ the per-round ratios (ours / theirs: below 1 is faster). Sections:
 5. mfu: the whole training step of the self-attention R50-D8 + CAR model, FLOPs per step
    (3 x the training-mode forward, `iseg.benchmark`'s count) / time, against the machine's
    3x3-convolution forward + backward rate, timed interleaved with the steps (MFU per
-   round); "after" is the library default (dilated convolutions by
+   round); "after" is the library default (stride-1 convolutions, dilated or plain, by
    `iseg.ops.atrous_conv`, batch norm by TensorFlow's fused kernel), "keras_bn" the same
-   with Keras's unfused batch norm, "before" with Keras's dilated convolution and batch
-   norm (the same model and weights, each traced separately);
+   with Keras's unfused batch norm, "before" with Keras's convolution and batch norm (the
+   same model and weights, each traced separately);
 6. dilated (only when named in `--sections`): one dilated 3x3 conv forward + backward,
    Keras's conv vs `iseg.ops.atrous_conv`'s two ways (the phase sub-images' plain conv,
    the taps' matmul) and the one it chooses, at the shapes of R50-D8's last two stages
@@ -230,8 +230,8 @@ MFU_VARIANTS = {"after": (False, False), "keras_bn": (False, True), "before": (T
 
 
 def _traced(step, x, y, keras_dilated, keras_bn):
-    """Trace `step` once; with `keras_dilated` our dilated Conv2D layers run Keras's own
-    dilated convolution instead of `iseg.ops.atrous_conv`; with `keras_bn` our
+    """Trace `step` once; with `keras_dilated` our Conv2D layers (dilated or plain) run
+    Keras's own convolution instead of `iseg.ops.atrous_conv`; with `keras_bn` our
     BatchNormalization layers run Keras's unfused code instead of the fused kernel."""
     originals = Conv2D.convolution_op, BatchNormalization.call
     if keras_dilated:
