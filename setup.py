@@ -20,8 +20,10 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        # jax and torch: the backend smoke tests (the pure-Keras code on JAX and PyTorch)
-        "test": ["pytest>=8.0", "jax[cpu]>=0.4.30", "torch==2.13.0", "lmdb>=1.4"],
+        # jax and torch: the backend smoke tests (the pure-Keras code on JAX and PyTorch);
+        # pytest-xdist: the suite runs in 2 worker processes (pytest.ini)
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "jax[cpu]>=0.4.30", "torch==2.13.0",
+                 "lmdb>=1.4"],
         # reading the LMDB text-recognition benchmarks (iseg.text.records.read_lmdb)
         "text": ["lmdb>=1.4"],
     },
