@@ -46,8 +46,9 @@ def test_semi_row_parses_into_the_protocol(monkeypatch, stem):
     base = _config("deeplabv3plus_r18_d8")
     # the DeepLabV3+ row's network, optimizer and augmentation, one shortened schedule
     for name in ("head", "backbone", "backbone_options", "head_options", "optimizer", "lr",
-                 "schedule", "crop_size", "min_scale", "max_scale", "flip", "brightness"):
+                 "schedule", "min_scale", "max_scale", "flip", "brightness"):
         assert getattr(cfg, name) == getattr(base, name), name
+    assert cfg.crop_size == (180, 240)  # the whole images, as the semi table was run
     assert (cfg.steps, cfg.batch_size, cfg.eval_every) == (200, 4, 40)
     if method == "supervised":
         assert (cfg.semi, pathlib.Path(cfg.data_dir).name) == ("none", cp.SEMI_DATA_FOLDER)

@@ -94,7 +94,7 @@ def test_camvid_rows_share_the_protocol():
     shared = {tuple(getattr(load(p), k) for k in schedule) for p in rows}
     assert len(shared) == 1, shared
     cfg = load(rows[0])
-    assert cfg.data_dir.endswith("camvid_240x180") and cfg.crop_size == (180, 240)
+    assert cfg.data_dir.endswith("camvid_240x180") and cfg.crop_size == (144, 192)
     # every evaluated checkpoint is kept, so the best one can be kept
     assert cfg.keep_checkpoints >= cfg.steps // cfg.eval_every
     assert {p.stem for p in rows if load(p).sar} == {"fcn_r18_d8_sar"}
