@@ -4,10 +4,13 @@ self-attention R50-D8 (+ CAR) model, thread time summed by op type.
     python benchmarks/op_profile.py --size=257 --batch=2 --output=profile.json
     python benchmarks/op_profile.py --variant=keras_bn     # with Keras's unfused batch norm
     python benchmarks/op_profile.py --quick --output=/tmp/p.json   # tiny stand-in, seconds
+    python benchmarks/op_profile.py --flagfile=configs/camvid/fcn_r18_d8.cfg --steps=3
 
 The step is `benchmarks/side_by_side.py`'s MFU step (`--variant`: after = the library
 default, keras_bn = Keras's batch norm, before = Keras's dilated convolution and batch
-norm), traced and run twice untimed, then profiled over `--steps` steps. Each op's time is
+norm), traced and run twice untimed, then profiled over `--steps` steps. With `--flagfile`
+the model is that training flag file's (as `iseg.cli.benchmark` builds it: no pretrained
+weights), at its crop size and batch, on random data. Each op's time is
 the time of its kernel on the thread that ran it (TensorFlow's intra-op threads run one
 kernel's shards in parallel, so the sum over threads can exceed the wall time); the
 executor's own bookkeeping events are left out. With oneDNN on, TensorFlow's oneDNN kernels
@@ -30,6 +33,7 @@ tensorflow_defaults()  # as the iseg tools run TensorFlow (its BFC CPU allocator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
@@ -50,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--top", type=int, default=25, help="op types printed")
     p.add_argument("--output", help="JSON file of every op type's time")
     p.add_argument("--quick", action="store_true", help="tiny stand-in model: a smoke test")
+    p.add_argument("--flagfile", help="profile this training flag file's model at its crop "
+                   "size and batch instead (--size, --batch, --no_car, --quick unused)")
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.batch, args.steps = 33, 1, 1
@@ -76,10 +82,28 @@ def op_times(logdir):
     return times
 
 
+def flagfile_data_and_model(path):
+    """(images, labels, model) of a training flag file: random data of its batch and crop."""
+    from iseg.cli import benchmark as benchmark_cli
+    from iseg.cli import flags as flags_lib
+
+    benchmark_cli.define_benchmark_flags()
+    argv = flags_lib.parse_flags(["op_profile", f"--flagfile={path}"], "op_profile")
+    cfg, model, classes = benchmark_cli.model_from_flags(argv)
+    rng = np.random.default_rng(cfg.seed)
+    shape = (cfg.batch_size, *cfg.crop_size)
+    x = tf.constant(rng.uniform(-1, 1, (*shape, 3)), tf.float32)
+    y = tf.constant(rng.integers(0, classes, shape), tf.int32)
+    return x, y, model
+
+
 def profile(args):
     """{op type: seconds per step}, most expensive first."""
-    x, y = sbs._seg_data(args.size, args.batch)
-    model = sbs.seg_model(args.quick, car=not args.no_car)
+    if args.flagfile:
+        x, y, model = flagfile_data_and_model(args.flagfile)
+    else:
+        x, y = sbs._seg_data(args.size, args.batch)
+        model = sbs.seg_model(args.quick, car=not args.no_car)
     step = sbs._traced(benchmark.make_train_step(model, sbs._sgd(), benchmark.segmentation_loss),
                        x, y, *sbs.MFU_VARIANTS[args.variant])
     for _ in range(2):
@@ -97,7 +121,8 @@ def main(argv=None):
     args = parse_args(argv)
     per_step = profile(args)
     total = sum(per_step.values())
-    print(f"{args.variant}, {args.size}x{args.size}, batch {args.batch}: "
+    what = args.flagfile or f"{args.size}x{args.size}, batch {args.batch}"
+    print(f"{args.variant}, {what}: "
           f"{total:.2f} s of kernel thread time per step")
     for op, t in list(per_step.items())[:args.top]:
         print(f"  {op:<44} {1e3 * t:10.1f} ms {100 * t / total:6.1f} %")

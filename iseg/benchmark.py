@@ -285,8 +285,14 @@ def utilisation(flops, runs_s, reference_flops, reference_runs_s):
                              for run, ref in zip(runs_s, reference_runs_s))
 
 
+# What decides TensorFlow's CPU kernels: oneDNN on or off, and the newest instruction set
+# oneDNN may use (`AVX2` there makes an AVX-512 machine run an AVX2 machine's oneDNN code).
+ONEDNN_VARIABLES = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA")
+
+
 def machine_info():
-    """CPU model, core count, TensorFlow's oneDNN state and library versions."""
+    """CPU model, core count, TensorFlow's oneDNN state (with the environment variables
+    that set it and cap oneDNN's instruction set) and library versions."""
     import platform
     import sys
 
@@ -307,7 +313,7 @@ def machine_info():
     return {
         "cpu": cpu, "cores": os.cpu_count(),
         "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
-        "onednn": onednn, "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "onednn": onednn, **{name: os.environ.get(name) for name in ONEDNN_VARIABLES},
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "python": sys.version.split()[0], "tensorflow": tf.__version__,
         "keras": keras.__version__, "numpy": np.__version__,

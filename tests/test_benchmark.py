@@ -105,6 +105,18 @@ def test_time_rounds_interleaves_the_calls_after_their_warm_up():
         assert t["median_s"] == np.median(t["runs_s"])
 
 
+@pytest.mark.parametrize("isa", [None, "AVX2"])
+def test_machine_info_records_the_onednn_settings(monkeypatch, isa):
+    if isa is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # read as set, whatever TF's state
+    info = benchmark.machine_info()
+    assert (info["ONEDNN_MAX_CPU_ISA"], info["TF_ENABLE_ONEDNN_OPTS"]) == (isa, "0")
+    assert isinstance(info["onednn"], bool)
+
+
 def test_cli_writes_the_results_as_json(tmp_path, monkeypatch, capsys):
     from iseg.training.config import DatasetMeta, TrainConfig, build_model_from_config
 

@@ -81,11 +81,16 @@ def test_quick_run_of_every_section_and_the_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_op_profile_sums_kernel_time_by_op_type(tmp_path):
+def _op_profile():
     spec = importlib.util.spec_from_file_location(
         "op_profile", os.path.join(ROOT, "benchmarks", "op_profile.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_op_profile_sums_kernel_time_by_op_type(tmp_path):
+    module = _op_profile()
     found = {}
     for variant in ("after", "keras_bn"):
         out = tmp_path / f"{variant}.json"
@@ -96,3 +101,25 @@ def test_op_profile_sums_kernel_time_by_op_type(tmp_path):
         assert any("Conv2DBackpropFilter" in op for op in per_step)  # kernels of the backward
         found[variant] = any("FusedBatchNorm" in op for op in per_step)
     assert found == {"after": True, "keras_bn": False}
+
+
+def test_op_profile_profiles_a_flag_files_model_at_its_crop_and_batch(tmp_path, capsys):
+    from iseg.training.config import DatasetMeta, TrainConfig, build_model_from_config
+
+    module = _op_profile()
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text("--model=demo_tiny\n--crop_size=17,25\n--batch_size=3\n")
+    x, y, model = module.flagfile_data_and_model(str(cfg))
+    assert (x.shape, y.shape) == ((3, 17, 25, 3), (3, 17, 25))
+    meta = DatasetMeta(num_classes=21, class_names=[], palette=[])  # the benchmark's default
+    tiny = build_model_from_config(TrainConfig(model="demo_tiny"), meta)
+    assert model.count_params() == tiny.count_params()
+    built = []  # the profile runs that model
+    module.flagfile_data_and_model = lambda path: built.append(path) or (x, y, model)
+    out = tmp_path / "p.json"
+    module.main([f"--flagfile={cfg}", "--steps=1", f"--output={out}"])
+    assert built == [str(cfg)]
+    result = json.loads(out.read_text())
+    assert result["settings"]["flagfile"] == str(cfg)
+    assert any("Conv2DBackpropFilter" in op for op in result["seconds_per_step"])
+    assert f"after, {cfg}: " in capsys.readouterr().out

@@ -70,7 +70,7 @@ def _check():
         os.environ["KERAS_BACKEND"] = "tensorflow"
 
 
-def _build(argv):
+def model_from_flags(argv):
     """(config, model, classes) from the flags; pretrained weights are not loaded."""
     import dataclasses
 
@@ -186,7 +186,7 @@ def main(argv):
 
     from iseg import benchmark
 
-    cfg, model, classes = _build(argv)
+    cfg, model, classes = model_from_flags(argv)
     if FLAGS.model_only:
         timings = _time_here(cfg, model, classes)
         _write(FLAGS.output, timings)
