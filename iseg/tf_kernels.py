@@ -10,7 +10,8 @@ import functools
 @functools.cache
 def onednn_enabled():
     """Whether TensorFlow runs its oneDNN CPU kernels (`TF_ENABLE_ONEDNN_OPTS`, by default
-    on CPUs with AVX-512); False where TensorFlow cannot say."""
+    on Linux CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX); False where TensorFlow
+    cannot say."""
     try:
         from tensorflow.python.util import _pywrap_util_port
     except ImportError:
