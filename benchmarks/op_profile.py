@@ -19,6 +19,7 @@ show as `_Mkl...` op types.
 
 import argparse
 import collections
+import datetime
 import glob
 import json
 import os
@@ -59,6 +60,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.batch, args.steps = 33, 1, 1
+    if args.flagfile:  # the flag file's crop and batch
+        args.size = args.batch = None
     return args
 
 
@@ -128,7 +131,8 @@ def main(argv=None):
         print(f"  {op:<44} {1e3 * t:10.1f} ms {100 * t / total:6.1f} %")
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
-            json.dump({"settings": vars(args), "machine": benchmark.machine_info(),
+            json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"), "settings": vars(args), "machine": benchmark.machine_info(),
                        "seconds_per_step": per_step}, f, indent=1)
         print(f"wrote {args.output}")
 

@@ -1,5 +1,6 @@
 """benchmarks/side_by_side.py runs end to end in --quick mode and writes its JSON."""
 
+import datetime
 import importlib.util
 import json
 import os
@@ -120,6 +121,8 @@ def test_op_profile_profiles_a_flag_files_model_at_its_crop_and_batch(tmp_path, 
     module.main([f"--flagfile={cfg}", "--steps=1", f"--output={out}"])
     assert built == [str(cfg)]
     result = json.loads(out.read_text())
-    assert result["settings"]["flagfile"] == str(cfg)
+    settings = result["settings"]
+    assert (settings["flagfile"], settings["size"], settings["batch"]) == (str(cfg), None, None)
+    assert datetime.datetime.fromisoformat(result["date"]).tzinfo is not None
     assert any("Conv2DBackpropFilter" in op for op in result["seconds_per_step"])
     assert f"after, {cfg}: " in capsys.readouterr().out
