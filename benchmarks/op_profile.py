@@ -19,7 +19,6 @@ show as `_Mkl...` op types.
 
 import argparse
 import collections
-import datetime
 import glob
 import json
 import os
@@ -34,7 +33,6 @@ tensorflow_defaults()  # as the iseg tools run TensorFlow (its BFC CPU allocator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
@@ -93,11 +91,8 @@ def flagfile_data_and_model(path):
     benchmark_cli.define_benchmark_flags()
     argv = flags_lib.parse_flags(["op_profile", f"--flagfile={path}"], "op_profile")
     cfg, model, classes = benchmark_cli.model_from_flags(argv)
-    rng = np.random.default_rng(cfg.seed)
-    shape = (cfg.batch_size, *cfg.crop_size)
-    x = tf.constant(rng.uniform(-1, 1, (*shape, 3)), tf.float32)
-    y = tf.constant(rng.integers(0, classes, shape), tf.int32)
-    return x, y, model
+    images, labels = benchmark_cli.random_batch(cfg, classes)
+    return tf.constant(images), tf.constant(labels), model
 
 
 def profile(args):
@@ -131,8 +126,8 @@ def main(argv=None):
         print(f"  {op:<44} {1e3 * t:10.1f} ms {100 * t / total:6.1f} %")
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
-            json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds"), "settings": vars(args), "machine": benchmark.machine_info(),
+            json.dump({"date": benchmark.utc_timestamp(), "settings": vars(args),
+                       "machine": benchmark.machine_info(),
                        "seconds_per_step": per_step}, f, indent=1)
         print(f"wrote {args.output}")
 

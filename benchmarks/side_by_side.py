@@ -35,7 +35,6 @@ network on both sides of the backbone pairs): it checks the script and its JSON,
 """
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -369,7 +368,7 @@ def parse_args(argv=None):
 
 def run(args):
     keras.utils.set_random_seed(0)
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    result = {"date": benchmark.utc_timestamp(),
               "command": " ".join(sys.argv), "quick": args.quick, "settings": vars(args),
               "machine": benchmark.machine_info(), "targets": TARGETS}
     sections = {

@@ -24,6 +24,7 @@ two FLOPs; the helpers below name which one they return.
 """
 
 import contextlib
+import datetime
 import math
 import os
 import re
@@ -288,6 +289,11 @@ def utilisation(flops, runs_s, reference_flops, reference_runs_s):
 # What decides TensorFlow's CPU kernels: oneDNN on or off, and the newest instruction set
 # oneDNN may use (`AVX2` there makes an AVX-512 machine run an AVX2 machine's oneDNN code).
 ONEDNN_VARIABLES = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA")
+
+
+def utc_timestamp():
+    """The current UTC time, ISO 8601 to the second (the results' "date")."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def machine_info():

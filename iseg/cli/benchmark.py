@@ -86,18 +86,25 @@ def model_from_flags(argv):
     return cfg, build_model_from_config(cfg, meta), classes
 
 
+def random_batch(cfg, classes):
+    """(images float32 `[batch, h, w, 3]`, labels int32 `[batch, h, w]`): random NumPy data
+    of the config's batch size and crop, seeded by its seed."""
+    import numpy as np
+
+    rng = np.random.default_rng(cfg.seed)
+    shape = (cfg.batch_size, *cfg.crop_size)
+    images = rng.normal(size=(*shape, 3)).astype("float32")
+    return images, rng.integers(0, classes, shape).astype("int32")
+
+
 def _time_here(cfg, model, classes, references=None):
     """The model's timings on the current Keras backend (`references` timed in the same
     rounds: `iseg.benchmark.time_model`)."""
     import keras
-    import numpy as np
 
     from iseg.benchmark import time_model
 
-    rng = np.random.default_rng(cfg.seed)
-    h, w = cfg.crop_size
-    images = rng.normal(size=(cfg.batch_size, h, w, 3)).astype("float32")
-    labels = rng.integers(0, classes, (cfg.batch_size, h, w)).astype("int32")
+    images, labels = random_batch(cfg, classes)
     backend = keras.backend.backend()
     library = __import__(backend)
     return {"version": library.__version__,
@@ -182,8 +189,6 @@ def _measure(argv, cfg, model, classes):
 
 
 def main(argv):
-    import datetime
-
     from iseg import benchmark
 
     cfg, model, classes = model_from_flags(argv)
@@ -197,7 +202,7 @@ def main(argv):
         if "skipped" not in part:
             _utilisation(part, flops, peaks, cfg.batch_size, name == "tensorflow")
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": benchmark.utc_timestamp(),
         "command": [PROGRAM, *argv[1:]],
         "flags": {n: FLAGS[n].value for n, group in flags_lib.FLAG_GROUPS.items()
                   if n in FLAGS and (FLAGS[n].present or group in ("Model", "Benchmark"))},
